@@ -1,0 +1,1 @@
+"""PyTorch side of rewas-rt: model definitions, checkpoint import, trainers."""
