@@ -1,0 +1,136 @@
+"""DDIM sampling with classifier-free guidance, as the original DDIMSampler does it
+(ldm/models/diffusion/ddim.py: ``make_schedule``, ``p_sample_ddim``), in NumPy.
+
+Differences that do not change the maths (DESIGN.md §1): both CFG branches go
+through the model in one batched call, and the conditions are concatenated once
+per request instead of once per step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import numpy as np
+
+from rewas_rt import constants as C
+
+Model = Callable[[np.ndarray, np.ndarray, Mapping[str, np.ndarray]], np.ndarray]
+NoiseSource = Callable[[int, tuple[int, ...]], np.ndarray]
+
+
+def linear_schedule(
+    linear_start: float = C.LINEAR_START, linear_end: float = C.LINEAR_END, n_train: int = C.TRAIN_STEPS
+) -> tuple[np.ndarray, np.ndarray]:
+    """(betas, alphas_cumprod) in float64; the original registers them as float32 buffers."""
+    betas = np.linspace(linear_start**0.5, linear_end**0.5, n_train, dtype=np.float64) ** 2
+    return betas, np.cumprod(1.0 - betas)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DDIMSchedule:
+    """Per-step DDIM parameters, indexed by i = 0 … steps−1 in ascending timestep
+    order (sampling runs i = steps−1 down to 0). The dtypes are the original's:
+    alphas and sqrt_one_minus_alphas float32, alphas_prev and sigmas float64
+    (computed from the float32 alphas_cumprod)."""
+
+    timesteps: np.ndarray  # int64
+    alphas: np.ndarray
+    alphas_prev: np.ndarray
+    sigmas: np.ndarray
+    sqrt_one_minus_alphas: np.ndarray
+    eta: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+
+def make_schedule(
+    ddim_steps: int = C.DDIM_STEPS,
+    eta: float = C.ETA,
+    linear_start: float = C.LINEAR_START,
+    linear_end: float = C.LINEAR_END,
+    n_train: int = C.TRAIN_STEPS,
+) -> DDIMSchedule:
+    """The original's "uniform" DDIM discretisation: timesteps arange(0, n_train, n_train // S) + 1.
+
+    When S does not divide n_train the step count is len(arange(0, n_train, n_train // S)),
+    not S (e.g. S=7 gives 8 steps), exactly as in the original.
+    """
+    if not 1 <= ddim_steps <= n_train:
+        raise ValueError(f"ddim_steps must be in 1..{n_train}, got {ddim_steps}")
+    _, alphas_cumprod = linear_schedule(linear_start, linear_end, n_train)
+    acp = alphas_cumprod.astype(np.float32)  # the model's float32 buffer
+    timesteps = np.arange(0, n_train, n_train // ddim_steps, dtype=np.int64) + 1
+    alphas = acp[timesteps]
+    alphas_prev = np.concatenate([acp[:1], acp[timesteps[:-1]]]).astype(np.float64)
+    # make_ddim_sampling_parameters mixes a float64 ndarray with the float32 tensor:
+    # `ndarray / tensor` runs as tensor.reciprocal() * ndarray, so 1/(1 − α) is
+    # float32 and the rest float64. Reproduced to get its sigmas bit for bit.
+    recip_one_minus_a = (np.float32(1.0) / (np.float32(1.0) - alphas)).astype(np.float64)
+    a = alphas.astype(np.float64)
+    sigmas = eta * np.sqrt((1.0 - alphas_prev) * recip_one_minus_a * (1.0 - a / alphas_prev))
+    sqrt_one_minus_alphas = np.sqrt(np.float32(1.0) - alphas)
+    return DDIMSchedule(timesteps, alphas, alphas_prev, sigmas, sqrt_one_minus_alphas, float(eta))
+
+
+def ddim_step(
+    x: np.ndarray,
+    eps_uncond: np.ndarray,
+    eps_cond: np.ndarray,
+    i: int,
+    schedule: DDIMSchedule,
+    guidance: float,
+    noise: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One DDIM update at schedule index i; returns (x_prev, pred_x0), float32.
+
+    The original feeds the per-step constants through ``torch.full`` (float32), so
+    all arithmetic here is float32 too. ``noise`` is N(0, 1); it is scaled by σ_i.
+    """
+    f32 = np.float32
+    a_t = f32(schedule.alphas[i])
+    a_prev = f32(schedule.alphas_prev[i])
+    sigma = f32(schedule.sigmas[i])
+    sqrt_one_minus_at = f32(schedule.sqrt_one_minus_alphas[i])
+    eps_u = np.asarray(eps_uncond, dtype=f32)
+    eps = eps_u + f32(guidance) * (np.asarray(eps_cond, dtype=f32) - eps_u)
+    pred_x0 = (np.asarray(x, dtype=f32) - sqrt_one_minus_at * eps) / np.sqrt(a_t)
+    dir_xt = np.sqrt(f32(1.0) - a_prev - sigma**2) * eps
+    x_prev = np.sqrt(a_prev) * pred_x0 + dir_xt + sigma * np.asarray(noise, dtype=f32)
+    return x_prev, pred_x0
+
+
+def sample(
+    model: Model,
+    x_T: np.ndarray,
+    cond: Mapping[str, np.ndarray],
+    uncond: Mapping[str, np.ndarray],
+    schedule: DDIMSchedule,
+    guidance: float,
+    noise_source: NoiseSource,
+    callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+) -> np.ndarray:
+    """Run the DDIM loop from x_T (B, …) and return the final latent (float32).
+
+    ``model(x, t, conditions) -> eps`` receives a batch of 2B: rows [:B] are the
+    unconditional branch, rows [B:] the conditional one; ``t`` is (2B,) int64 and
+    ``conditions`` maps every name of ``cond``/``uncond`` (same keys, each (B, …))
+    to the [uncond; cond] concatenation. ``noise_source(step, shape)`` returns
+    N(0, 1) noise for step = 0, 1, … in sampling order; it is called at every
+    step, also when σ = 0 and at the last step, so a seeded generator advances as
+    the original's RNG does. ``callback(step, x_prev, pred_x0)`` sees each step.
+    """
+    if set(cond) != set(uncond):
+        raise ValueError(f"cond and uncond need the same names, got {sorted(cond)} and {sorted(uncond)}")
+    x = np.asarray(x_T, dtype=np.float32)
+    batch = x.shape[0]
+    conditions = {name: np.concatenate([uncond[name], cond[name]], axis=0) for name in cond}
+    for step, i in enumerate(range(schedule.steps - 1, -1, -1)):
+        t = np.full(2 * batch, schedule.timesteps[i], dtype=np.int64)
+        eps = model(np.concatenate([x, x], axis=0), t, conditions)
+        noise = noise_source(step, x.shape)
+        x, pred_x0 = ddim_step(x, eps[:batch], eps[batch:], i, schedule, guidance, noise)
+        if callback is not None:
+            callback(step, x, pred_x0)
+    return x
