@@ -35,6 +35,7 @@ SEGMENT_LEN = 16
 SEGMENT_STRIDE = 8
 SEGMENT_START = 2  # segment i covers frames SEGMENT_START + SEGMENT_STRIDE*i ... + SEGMENT_LEN - 1
 TOKENS_PER_SEGMENT = 8  # Synchformer temporal resolution: 16 frames / tubelet depth 2
+VIDEO_FEATURE_DIM = 768  # Motionformer ViT-B width
 
 # --- Energy control
 ENERGY_STEPS = SEGMENTS * TOKENS_PER_SEGMENT  # 112: one φ output per video token
@@ -48,6 +49,7 @@ LOGVAR_CLAMP = (-30.0, 20.0)  # VAE posterior log-variance clamp
 # --- Text conditioning (CLAP)
 TEXT_EMBED_DIM = 512
 UNCOND_TEXT_IDS = (0, 2)  # roberta-base tokenisation of "" (<s> </s>)
+TEXT_MAX_TOKENS = 512  # the CLAP wrapper truncates at 512 tokens (RoBERTa has 514 positions)
 
 # --- Diffusion schedule ("linear" in ddpm.py)
 LINEAR_START = 0.0015

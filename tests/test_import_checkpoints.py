@@ -19,6 +19,7 @@ from training.models.adapter import AdapterConfig
 from training.models.clap_text import ClapTextConfig
 from training.models.hifigan import HiFiGANConfig
 from training.models.phi import PhiConfig
+from training.models.presets import rewas_m
 from training.models.synchformer import SynchformerConfig
 from training.models.unet import UNetConfig, ema_key_for
 from training.models.vae import VAEConfig
@@ -198,7 +199,7 @@ def manifests() -> dict:
 
 def test_full_size_release_imports_exactly(manifests):
     files = {name: meta_state_dict(m) for name, m in manifests.items()}
-    configs = ck.default_configs()
+    configs = rewas_m()
     res = ck.route_files(files, configs)
     assert set(res.state_dicts) == set(ck.COMPONENTS)
     for component, sd in res.state_dicts.items():
@@ -221,7 +222,7 @@ def test_full_size_release_imports_exactly(manifests):
 def test_full_size_separate_files_alone(manifests):
     """VAE, HiFi-GAN (weight norm) and CLAP files without the ReWaS checkpoint."""
     names = [ck.VAE_FILE, ck.HIFIGAN_FILE, ck.CLAP_FILE]
-    res = ck.route_files({n: meta_state_dict(manifests[n]) for n in names}, ck.default_configs())
+    res = ck.route_files({n: meta_state_dict(manifests[n]) for n in names}, rewas_m())
     assert set(res.state_dicts) == {"vae", "vocoder", "clap_text"}
     for component, sd in res.state_dicts.items():
-        ck.check_state_dict(component, sd, ck.default_configs()[component])
+        ck.check_state_dict(component, sd, rewas_m()[component])

@@ -24,6 +24,7 @@ import torch
 
 from training.models.adapter import Adapter, AdapterConfig
 from training.models.clap_text import ClapText, ClapTextConfig
+from training.models import presets
 from training.models.config import ModelConfig
 from training.models.hifigan import HiFiGAN, HiFiGANConfig, fold_weight_norm, strip_orig_mod
 from training.models.phi import Phi, PhiConfig
@@ -311,7 +312,7 @@ def import_checkpoints(
     log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """Read every released file found in ``src`` and write the canonical components to ``out``."""
-    configs = dict(configs or default_configs())
+    configs = dict(configs or presets.rewas_m())
     present = {spec.name: src / spec.name for spec in FILES if (src / spec.name).is_file()}
     if not present:
         raise CheckpointError(f"{src}: none of the released files found ({_names(FILES_BY_NAME)})")
@@ -334,11 +335,6 @@ def import_checkpoints(
         written[component] = save_component(out, component, sd, configs[component], meta)
         log(f"wrote {written[component]} ({sum(t.numel() for t in sd.values()):,} parameters)")
     return written
-
-
-def default_configs() -> dict[str, ModelConfig]:
-    """The released "rewas-m" sizes of every component."""
-    return {name: spec.config_cls.rewas_m() for name, spec in COMPONENTS.items()}
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from training.checkpoints import COMPONENTS, CheckpointError, default_configs, import_checkpoints
+from training.checkpoints import COMPONENTS, CheckpointError, import_checkpoints
+from training.models.presets import rewas_m
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="allow full unpickling for files that are not plain tensor pickles (trusted sources only)")
     args = p.parse_args(argv)
     try:
-        configs = default_configs()
+        configs = rewas_m()
         if args.configs:
             for name, cfg in json.loads(args.configs.read_text()).items():
                 if name not in COMPONENTS:
