@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from training.models.config import ModelConfig
+from training.models.layers import Mlp
 
 ATTENTION_LAYOUTS = ("batch", "batch_mixing", "time")
 
@@ -58,17 +59,6 @@ class PhiConfig(ModelConfig):
         return cls(width=cfg["params"]["input_dim"], num_heads=blocks["attn_target"]["num_heads"],
                    num_blocks=blocks["num_blocks"], mlp_ratio=blocks["mlp_ratio"],
                    proj_dims=list(cfg["params"]["proj_dims"]), layer_norm_eps=float(eps))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from training.models.config import ModelConfig
+from training.models.layers import Mlp
 
 
 def normalize_uint8_lut() -> np.ndarray:
@@ -127,17 +128,6 @@ class DividedAttention(nn.Module):
             out = out.transpose(2, 3)
         out = torch.cat([cls_out, out.reshape(n_batch, heads, n_tok - 1, -1)], dim=2)
         return self.proj(out.transpose(1, 2).reshape(n_batch, n_tok, dim))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class DividedSpaceTimeBlock(nn.Module):
