@@ -7,6 +7,9 @@ width = φ width; CLAP vocabulary = the tiny tokenizer's size).
 """
 from __future__ import annotations
 
+import math
+import zlib
+
 from training.models.adapter import AdapterConfig
 from training.models.clap_text import ClapTextConfig
 from training.models.config import ModelConfig
@@ -61,3 +64,66 @@ def preset(name: str) -> dict[str, ModelConfig]:
     if name not in PRESETS:
         raise ValueError(f"unknown model config '{name}' (known: {', '.join(PRESETS)})")
     return PRESETS[name]()
+
+
+# Version of randomize_(): part of a random-weight model's fingerprint (export skips unchanged graphs).
+RANDOM_INIT_VERSION = 1
+
+
+def randomize_(module, seed: int) -> None:
+    """Overwrite *every* parameter with deterministic, non-degenerate random values.
+
+    A freshly built module is partly zero (ControlNet zero-convs, zero-initialised output
+    convs, zero CLS tokens and position embeddings), which would make parity tests on those
+    paths vacuous. Weights of Linear/Conv/Embedding/attention get N(0, 1/fan_in) so
+    activations keep their scale through deep stacks; norm scales 1 + N(0, 0.1²); biases and
+    free parameters (tokens, embeddings) small normals.
+    """
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(int(seed))
+    norms = (nn.LayerNorm, nn.GroupNorm)
+    convs_t = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    weighted = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.MultiheadAttention) + convs_t
+    with torch.no_grad():
+        for _, mod in module.named_modules():
+            for pname, p in mod.named_parameters(recurse=False):
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+                if isinstance(mod, norms):
+                    value = (1.0 + 0.1 * noise) if pname == "weight" else 0.1 * noise
+                elif isinstance(mod, weighted) and p.dim() >= 2:
+                    if isinstance(mod, nn.Embedding):
+                        std = 0.5
+                    elif isinstance(mod, convs_t):
+                        stride = math.prod(mod.stride)
+                        std = (p.shape[0] * math.prod(p.shape[2:]) / stride) ** -0.5
+                    else:
+                        std = p[0].numel() ** -0.5
+                    value = std * noise
+                elif pname.startswith("bias") and p.dim() == 1:
+                    value = 0.05 * noise
+                else:  # CLS tokens, position/temporal embeddings, MHA bias_k/bias_v, ...
+                    value = 0.5 * noise
+                p.copy_(value.to(p.dtype))
+
+
+def component_seed(seed: int, component: str) -> int:
+    """Each component's own seed, so adding or dropping one leaves the others' weights unchanged."""
+    return (int(seed) * 1_000_003 + zlib.crc32(component.encode())) % (2**63)
+
+
+def _randomized(module, seed: int):
+    randomize_(module, seed)
+    return module.float().eval()
+
+
+def random_models(name: str, seed: int = 0) -> dict:
+    """Every component of a preset with random weights (deterministic per seed), in eval mode."""
+    from training.checkpoints import COMPONENTS
+
+    configs = preset(name)
+    return {
+        component: _randomized(COMPONENTS[component].model_cls(cfg), component_seed(seed, component))
+        for component, cfg in configs.items()
+    }

@@ -1,0 +1,302 @@
+"""Write a complete engine directory (DESIGN.md §3): ONNX graphs, FP16 TensorRT engines
+when TensorRT and a GPU are present, the tokenizer and ``manifest.json``::
+
+    python export/build_engines.py --checkpoints checkpoints/ --tokenizer roberta-base/ --out engines/
+    python export/build_engines.py --config tiny --random-weights --out /tmp/engines
+
+Per graph: export (``export_onnx``), parity against PyTorch in ONNX Runtime (fails above
+1e-4 relative), the FP16 safety check (``fp16_check``: the nodes kept FP32), then — with
+TensorRT — an FP16 engine with those nodes pinned to FP32, compared against ONNX Runtime
+with polygraphy. Re-running skips every graph whose inputs (weights, config, exporter
+version, opset; for engines also TensorRT version and GPU) are unchanged and whose files
+still match their checksums. The manifest is written last, atomically, and the finished
+directory is verified with ``rewas_rt.manifest.verify`` — the runtime's own check.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rewas_rt import __version__ as RUNTIME_VERSION
+from rewas_rt import manifest as M
+from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
+
+ENGINE_BUILD_VERSION = 1  # bump when tensorrt_build changes what it builds
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _previous_manifest(out: Path) -> dict | None:
+    try:
+        m = json.loads((out / M.MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and not M.schema_problems(m) else None
+
+
+def _files_intact(out: Path, *entries: Mapping[str, Any] | None) -> bool:
+    for e in entries:
+        if e is None:
+            continue
+        p = out / e["path"]
+        if not p.is_file() or p.stat().st_size != e["bytes"] or M.sha256_file(p) != e["sha256"]:
+            return False
+    return True
+
+
+def build_tokenizer(args, source, out: Path) -> dict:
+    from export import tokenizer as T
+
+    clap = source.configs["clap_text"]
+    try:
+        if args.tokenizer:
+            tok = T.from_folder(args.tokenizer)
+        elif source.kind == "random":
+            try:
+                tok = T.train_tiny(clap.vocab_size)
+            except T.TokenizerError as e:
+                raise BuildError(f"{e}: pass --tokenizer DIR (a RoBERTa tokenizer folder) for a CLAP vocabulary "
+                                 f"of {clap.vocab_size} tokens") from None
+        else:
+            raise BuildError("--tokenizer DIR is required with --checkpoints (the RoBERTa tokenizer folder: "
+                             "tokenizer.json, or vocab.json + merges.txt)")
+        facts = T.check(tok, clap.vocab_size, clap.pad_token_id)
+    except T.TokenizerError as e:
+        raise BuildError(str(e)) from None
+    text = T.to_json(tok)
+    path = out / M.TOKENIZER_NAME
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        M.atomic_write_text(path, text)
+    source_desc = str(args.tokenizer) if args.tokenizer else f"trained on the built-in corpus ({facts['vocab_size']} tokens)"
+    return {**M.file_entry(out, M.TOKENIZER_NAME), **facts, "source": source_desc}
+
+
+def _export_graph(source, g: str, out: Path, args) -> tuple[dict, str]:
+    from export import export_onnx as E
+    from export import fp16_check
+
+    spec = source.spec(g)
+    res, par = E.export_and_check(source, g, out, check=True, rtol=args.tolerance, seed=args.seed)
+    if not par["ok"]:
+        raise BuildError(E.parity_failure(g, par))
+    msg = f"export {res.seconds:.1f}s, parity max rel {par['rel']:.1e}"
+    fp16 = None
+    fp32_layers: list[str] = []
+    if not args.no_fp16_check:
+        feeds = E.sample_inputs(spec, source.configs, 1, E.PARITY_TEXT_LEN, seed=args.seed + 3)
+        rep = fp16_check.check_graph(res.onnx, feeds, headroom=args.headroom, graph=g)
+        fp16 = {**rep.to_dict(), "reasons_by_node": rep.reasons}
+        fp32_layers = rep.fp32_layers
+        msg += f", {rep.summary()}"
+        if rep.mitigated["nonfinite"]:
+            raise BuildError(f"{g}: the FP16 emulation still produces inf/NaN with {len(fp32_layers)} FP32 layers")
+    entry = {
+        "doc": spec.doc,
+        "components": list(E.GRAPH_COMPONENTS[g]),
+        "opset": E.OPSET,
+        "onnx": M.file_entry(out, res.onnx.name),
+        "external_data": M.file_entry(out, res.external_data.name) if res.external_data else None,
+        "precision": "fp32",
+        **M.graph_io(spec),
+        "parity": {k: v for k, v in par.items() if k != "outputs"},
+        "fp16_check": fp16,
+        "fp32_layers": fp32_layers,
+        "engine": None,
+        "fingerprint": source.fingerprint(g),
+        "export_seconds": round(res.seconds, 2),
+    }
+    return entry, msg
+
+
+def _engine(entry: dict, g: str, source, out: Path, trt: Mapping[str, str], prev: dict | None, args) -> tuple[dict, str]:
+    from export import export_onnx as E
+    from export import tensorrt_build as TB
+
+    spec = source.spec(g)
+    fp = _fingerprint({
+        "onnx": entry["onnx"]["sha256"], "data": (entry["external_data"] or {}).get("sha256"),
+        "fp32_layers": entry["fp32_layers"], "tensorrt": trt["version"], "cc": trt["compute_capability"],
+        "profiles": {k: list(v) for k, v in DYNAMIC_AXES.items()}, "build_version": ENGINE_BUILD_VERSION,
+    })
+    old = (prev or {}).get("engine")
+    if not args.force and old and old.get("fingerprint") == fp and _files_intact(out, old):
+        return old, "engine unchanged"
+    plan = out / f"{g}.plan"
+    info = TB.build_engine(out / entry["onnx"]["path"], spec, plan, fp32_layers=entry["fp32_layers"],
+                           timing_cache=out / TB.TIMING_CACHE_NAME, workspace_gib=args.workspace_gib)
+    feeds = [E.sample_inputs(spec, source.configs, b, E.PARITY_TEXT_LEN, seed=args.seed + 4 + b)
+             for b in sorted({DYNAMIC_AXES["batch"][1], 2})]
+    cmp = TB.compare_engine(out / entry["onnx"]["path"], plan, feeds, rtol=args.engine_tolerance)
+    if not cmp["ok"]:
+        raise BuildError(f"{g}: the TensorRT engine differs from ONNX Runtime: max abs {cmp['max_abs']:.3e}, "
+                         f"max|ref| {cmp['max_ref']:.3e}, rel {cmp['rel']:.2e} > {cmp['tolerance']:g}")
+    eng = {**M.file_entry(out, plan.name), **info, "tensorrt_version": trt["version"],
+           "compute_capability": trt["compute_capability"], "gpu": trt["gpu"], "parity_vs_onnxruntime": cmp,
+           "fingerprint": fp}
+    return eng, f"engine {info['build_seconds']:.0f}s, vs ORT rel {cmp['rel']:.1e}"
+
+
+def build(args) -> Path:
+    from export import export_onnx as E
+
+    out: Path = args.out
+    t_start = time.perf_counter()
+    if args.checkpoints:
+        source = E.ModelSource.from_checkpoints(args.checkpoints, name=args.name)
+    else:
+        source = E.ModelSource.from_preset(args.config, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(args, source, out)
+    trt = None if args.no_tensorrt else M.detect_tensorrt()
+    if trt is None:
+        why = "disabled by --no-tensorrt" if args.no_tensorrt else "`tensorrt` is not importable or no NVIDIA GPU is visible"
+        print(f"TensorRT not available ({why}): writing an ONNX-only engine directory "
+              "(rebuild on a TensorRT machine to add FP16 engines)", flush=True)
+    prev = None if args.force else _previous_manifest(out)
+    graphs: dict[str, dict] = {}
+    for i, g in enumerate(GRAPHS, 1):
+        t0 = time.perf_counter()
+        old = (prev or {}).get("graphs", {}).get(g)
+        fp = source.fingerprint(g)
+        reused = bool(old and old["fingerprint"] == fp and _files_intact(out, old["onnx"], old["external_data"])
+                      and (old["fp16_check"] is not None or args.no_fp16_check))
+        if reused:
+            entry, msg = dict(old), "unchanged, skipped"
+        else:
+            entry, msg = _export_graph(source, g, out, args)
+        if trt is not None:
+            entry["engine"], emsg = _engine(entry, g, source, out, trt, old, args)
+            msg += f"; {emsg}"
+        elif reused and entry.get("engine") and not _files_intact(out, entry["engine"]):
+            entry["engine"] = None  # an engine from an earlier TensorRT build whose file is gone
+        elif not reused:
+            (out / f"{g}.plan").unlink(missing_ok=True)  # built from the previous graph: stale
+        source.release(*E.GRAPH_COMPONENTS[g])
+        graphs[g] = entry
+        print(f"[{i}/{len(GRAPHS)}] {g}: {msg} ({time.perf_counter() - t0:.1f}s)", flush=True)
+
+    import onnx
+    import onnxruntime
+    import torch
+
+    manifest = {
+        "format": M.FORMAT,
+        "format_version": M.FORMAT_VERSION,
+        "created": M.now_utc(),
+        "producer": {"rewas_rt": RUNTIME_VERSION, "exporter": E.EXPORTER, "export_version": E.EXPORT_VERSION,
+                     "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "build_command": args.command_line,
+        "model": {
+            "name": source.name,
+            "weights": source.kind,
+            **({"checkpoints": str(source.checkpoints)} if source.checkpoints else {"seed": source.seed}),
+            "components": {c: {"config": cfg.to_dict(), "weights": source.weights_id(c)}
+                           for c, cfg in source.configs.items()},
+        },
+        "graphs": graphs,
+        "dynamic_axes": {k: list(v) for k, v in DYNAMIC_AXES.items()},
+        "scheduler": M.scheduler_section(),
+        "vae": M.vae_section(source.scale_factor),
+        "audio": M.audio_section(),
+        "video": M.video_section(source.feature_dim),
+        "energy": M.energy_section(),
+        "tokenizer": tokenizer,
+        "tensorrt": trt if trt is not None else (
+            (prev or {}).get("tensorrt") if all(e["engine"] for e in graphs.values()) else None),
+    }
+    M.write_manifest(out, manifest)
+    M.verify(out, backend="onnx")
+    if trt is not None:
+        M.verify(out, backend="tensorrt", tensorrt=trt)
+    kind = "ONNX + TensorRT FP16" if trt is not None else "ONNX"
+    print(f"wrote {kind} engine directory {out} ({time.perf_counter() - t_start:.0f}s), verified", flush=True)
+    return out
+
+
+def parse_args(argv: list[str] | None):
+    p = _Parser(prog="build_engines.py", description="Build a ReWaS engine directory (ONNX, TensorRT FP16, manifest).")
+    p.add_argument("--checkpoints", type=Path, help="canonical checkpoint folder (training.import_checkpoints output)")
+    p.add_argument("--config", help="preset for --random-weights: tiny or rewas-m")
+    p.add_argument("--random-weights", action="store_true", help="random weights of --config (tests, benchmarks)")
+    p.add_argument("--tokenizer", type=Path, help="RoBERTa tokenizer folder (tokenizer.json, or vocab.json + merges.txt)")
+    p.add_argument("--out", type=Path, default=Path("engines"), help="engine directory (default: engines/)")
+    p.add_argument("--name", help="model name recorded in the manifest (default: the preset the configs match, "
+                                  "else 'custom')")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights and test inputs")
+    p.add_argument("--force", action="store_true", help="rebuild every graph even if unchanged")
+    p.add_argument("--no-tensorrt", action="store_true", help="write ONNX only, even where TensorRT is available")
+    p.add_argument("--no-fp16-check", action="store_true", help="skip the FP16 analysis (no FP32 layers recorded)")
+    p.add_argument("--headroom", type=float, default=4.0, help="FP16 check: activations must stay below 65504/headroom")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="ONNX vs PyTorch, relative to max|output|")
+    p.add_argument("--engine-tolerance", type=float, default=2e-2, help="TensorRT FP16 vs ONNX Runtime, relative")
+    p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder workspace limit")
+    args = p.parse_args(argv)
+    if args.checkpoints and args.random_weights:
+        p.error("use either --checkpoints DIR or --config NAME --random-weights, not both")
+    if args.checkpoints and args.config:
+        p.error("--config goes with --random-weights; with --checkpoints the configs come from the checkpoint folder")
+    if not args.checkpoints:
+        if not args.random_weights:
+            p.error("give --checkpoints DIR, or --config NAME --random-weights")
+        from training.models import presets
+
+        args.config = args.config or "tiny"
+        if args.config not in presets.PRESETS:
+            p.error(f"unknown --config {args.config!r} (known: {', '.join(presets.PRESETS)})")
+        args.name = args.name or args.config
+    if args.checkpoints is not None and not args.checkpoints.is_dir():
+        p.error(f"--checkpoints {args.checkpoints}: no such folder")
+    if args.checkpoints and args.tokenizer is None:
+        p.error("--tokenizer DIR is required with --checkpoints (the RoBERTa tokenizer folder: tokenizer.json, "
+                "or vocab.json + merges.txt)")
+    if args.tokenizer is not None and not args.tokenizer.is_dir():
+        p.error(f"--tokenizer {args.tokenizer}: no such folder")
+    words = ["python", "export/build_engines.py"]
+    if args.checkpoints:
+        words += ["--checkpoints", str(args.checkpoints)]
+    else:
+        words += ["--config", args.config, "--random-weights"] + (["--seed", str(args.seed)] if args.seed else [])
+    if args.tokenizer:
+        words += ["--tokenizer", str(args.tokenizer)]
+    words += ["--out", str(args.out)]
+    args.command_line = shlex.join(words)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from export.export_onnx import ExportError
+
+    try:
+        build(args)
+    except (BuildError, ExportError, M.ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; the previous manifest (if any) is unchanged", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""rewas_rt.manifest: schema, checksums and refusal of unusable engine directories.
+
+Uses a synthetic directory (placeholder graph files, real manifest sections), so it runs in
+milliseconds and without torch; tests/test_build_engines.py checks real directories.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rewas_rt import constants as C
+from rewas_rt.ddim import linear_schedule
+from rewas_rt import manifest as M
+from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
+
+FEATURE_DIM = 64
+TRT = {"version": "10.9.0", "compute_capability": "9.0", "gpu": "NVIDIA H200"}
+
+
+def make_dir(root: Path, engines: bool = False) -> dict:
+    """A complete, valid engine directory with placeholder files."""
+    root.mkdir(parents=True, exist_ok=True)
+    graphs = {}
+    for name, spec in GRAPHS.items():
+        spec = spec.resolved(feature_dim=FEATURE_DIM)
+        (root / f"{name}.onnx").write_bytes(f"onnx graph {name}".encode())
+        ext = None
+        if name == "unet_adapter":
+            (root / f"{name}.onnx.data").write_bytes(b"\0" * 1000)
+            ext = M.file_entry(root, f"{name}.onnx.data")
+        eng = None
+        if engines:
+            (root / f"{name}.plan").write_bytes(f"plan {name}".encode())
+            eng = {**M.file_entry(root, f"{name}.plan"), "precision": "fp16", "fp32_layers": [],
+                   "tensorrt_version": TRT["version"], "compute_capability": TRT["compute_capability"],
+                   "gpu": TRT["gpu"], "fingerprint": "x"}
+        graphs[name] = {
+            "doc": spec.doc, "components": [name], "opset": 18, "onnx": M.file_entry(root, f"{name}.onnx"),
+            "external_data": ext, "precision": "fp32", **M.graph_io(spec),
+            "parity": {"rel": 1e-7}, "fp16_check": None, "fp32_layers": [], "engine": eng, "fingerprint": "f" * 64,
+        }
+    (root / M.TOKENIZER_NAME).write_text('{"model": {}}\n')
+    m = {
+        "format": M.FORMAT, "format_version": M.FORMAT_VERSION, "created": M.now_utc(), "producer": {},
+        "build_command": f"python export/build_engines.py --config tiny --random-weights --out {root}",
+        "model": {"name": "tiny", "components": {}}, "graphs": graphs,
+        "dynamic_axes": {k: list(v) for k, v in DYNAMIC_AXES.items()},
+        "scheduler": M.scheduler_section(), "vae": M.vae_section(1.25), "audio": M.audio_section(),
+        "video": M.video_section(FEATURE_DIM), "energy": M.energy_section(),
+        "tokenizer": {**M.file_entry(root, M.TOKENIZER_NAME), "unconditional_ids": [0, 2], "pad_id": 1,
+                      "max_tokens": 512, "vocab_size": 512},
+        "tensorrt": TRT if engines else None,
+    }
+    M.write_manifest(root, m)
+    return m
+
+
+def edit_manifest(root: Path, fn) -> None:
+    m = json.loads((root / M.MANIFEST_NAME).read_text())
+    fn(m)
+    (root / M.MANIFEST_NAME).write_text(json.dumps(m))
+
+
+def refused(root: Path, *fragments: str, **kw) -> str:
+    with pytest.raises(M.ManifestError) as e:
+        M.verify(root, **kw)
+    msg = str(e.value)
+    for f in fragments:
+        assert f in msg, msg
+    assert "Rebuild with: python export/build_engines.py" in msg or "Build one with" in msg, msg
+    assert "\n" not in msg
+    return msg
+
+
+def test_valid_directory_verifies_and_exposes_paths(tmp_path):
+    make_dir(tmp_path)
+    d = M.open_engine_dir(tmp_path)
+    assert d.graph("unet_adapter").external_data == tmp_path / "unet_adapter.onnx.data"
+    assert d.graph("phi").onnx == tmp_path / "phi.onnx" and d.graph("phi").plan is None
+    assert d.tokenizer_path == tmp_path / "tokenizer.json"
+    assert d.unconditional_ids == list(C.UNCOND_TEXT_IDS)
+    assert d.scale_factor == 1.25 and d.feature_dim == FEATURE_DIM and not d.has_engines
+    assert set(M.iter_files(d.manifest)) >= {"phi.onnx", "unet_adapter.onnx.data", "manifest.json", "tokenizer.json"}
+
+
+def test_manifest_content_describes_the_pipeline(tmp_path):
+    m = make_dir(tmp_path)
+    s = m["scheduler"]
+    assert len(s["betas"]) == len(s["alphas_cumprod"]) == C.TRAIN_STEPS
+    assert (s["default_steps"], s["eta"], s["guidance"]) == (C.DDIM_STEPS, C.ETA, C.GUIDANCE)
+    betas, acp = linear_schedule()
+    assert s["betas"] == betas.tolist()
+    assert s["alphas_cumprod"] == acp.astype(np.float32).tolist()  # the model's float32 buffer, exactly
+    unet = m["graphs"]["unet_adapter"]
+    x_t = unet["inputs"][0]
+    assert x_t["name"] == "x_t" and x_t["shape"] == ["cfg_batch", 8, 128, 16] and x_t["dynamic_axes"] == {"0": "cfg_batch"}
+    assert x_t["profile"] == {"min": [1, 8, 128, 16], "opt": [2, 8, 128, 16], "max": [16, 8, 128, 16]}
+    assert [t["name"] for t in unet["inputs"]] == ["x_t", "timesteps", "film", "hint"]
+    assert unet["inputs"][1]["dtype"] == "int64"
+    ids = m["graphs"]["clap_text"]["inputs"][0]
+    assert ids["dynamic_axes"] == {"0": "batch", "1": "text_len"} and ids["profile"]["max"] == [8, 512]
+    assert m["graphs"]["synchformer"]["outputs"][0]["shape"] == ["batch", 14, 8, FEATURE_DIM]
+    assert m["audio"]["vocoder_samples"] == 81952 and m["video"]["segments"] == 14
+
+
+def test_schema_problems_name_what_is_wrong(tmp_path):
+    m = make_dir(tmp_path)
+    assert M.schema_problems(m) == []
+    bad = json.loads(json.dumps(m))
+    del bad["graphs"]["vocoder"]
+    del bad["graphs"]["phi"]["onnx"]["sha256"]
+    bad["vae"]["scale_factor"] = "1"
+    problems = M.schema_problems(bad)
+    assert any("graphs missing: vocoder" in p for p in problems)
+    assert any("graphs.phi.onnx has no 'sha256'" in p for p in problems)
+    assert any("scale_factor" in p for p in problems)
+    with pytest.raises(M.ManifestError, match="refusing to write an invalid manifest"):
+        M.write_manifest(tmp_path / "other", bad)
+
+
+def test_sha256_of_a_file(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"abc")
+    assert M.sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_refuses_a_tampered_file_same_size(tmp_path):
+    make_dir(tmp_path)
+    p = tmp_path / "vae_decoder.onnx"
+    data = bytearray(p.read_bytes())
+    data[0] ^= 1
+    p.write_bytes(bytes(data))
+    refused(tmp_path, "vae_decoder.onnx does not match its sha256")
+    M.verify(tmp_path, checksums=False)  # sizes only: not detected, by design
+
+
+def test_refuses_a_truncated_external_data_file(tmp_path):
+    make_dir(tmp_path)
+    (tmp_path / "unet_adapter.onnx.data").write_bytes(b"\0" * 10)
+    refused(tmp_path, "unet_adapter.onnx.data has 10 bytes", checksums=False)
+
+
+def test_refuses_a_missing_file(tmp_path):
+    make_dir(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    refused(tmp_path, "tokenizer: file tokenizer.json is missing")
+
+
+def test_refuses_an_incomplete_directory(tmp_path):
+    make_dir(tmp_path)
+    edit_manifest(tmp_path, lambda m: m["graphs"].pop("clap_text"))
+    msg = refused(tmp_path, "graphs missing: clap_text")
+    assert "--config tiny --random-weights" in msg  # the recorded build command
+
+
+def test_refuses_a_directory_without_manifest(tmp_path):
+    make_dir(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    refused(tmp_path, "no manifest.json")
+    refused(tmp_path / "nowhere", "no such engine directory")
+
+
+def test_refuses_a_corrupt_manifest(tmp_path):
+    make_dir(tmp_path)
+    (tmp_path / "manifest.json").write_text("{ not json")
+    refused(tmp_path, "not valid JSON")
+
+
+def test_refuses_another_format_version(tmp_path):
+    make_dir(tmp_path)
+    edit_manifest(tmp_path, lambda m: m.update(format_version=M.FORMAT_VERSION + 1))
+    refused(tmp_path, f"format version {M.FORMAT_VERSION + 1}, this runtime reads version {M.FORMAT_VERSION}")
+
+
+def test_refuses_a_graph_contract_mismatch(tmp_path):
+    make_dir(tmp_path)
+    edit_manifest(tmp_path, lambda m: m["graphs"]["phi"]["outputs"][0].update(name="energy_curve"))
+    refused(tmp_path, "graph phi outputs")
+
+
+def test_refuses_paths_outside_the_directory(tmp_path):
+    make_dir(tmp_path)
+    edit_manifest(tmp_path, lambda m: m["graphs"]["phi"]["onnx"].update(path="../phi.onnx"))
+    refused(tmp_path, "is not inside the directory")
+
+
+def test_tensorrt_backend_needs_engines(tmp_path):
+    make_dir(tmp_path)
+    refused(tmp_path, "has no TensorRT engine", backend="tensorrt", tensorrt=TRT)
+
+
+def test_tensorrt_backend_checks_version_and_gpu(tmp_path):
+    make_dir(tmp_path, engines=True)
+    d = M.open_engine_dir(tmp_path, backend="tensorrt", tensorrt=TRT)
+    assert d.has_engines and d.graph("vocoder").plan == tmp_path / "vocoder.plan"
+    other = {**TRT, "compute_capability": "8.9"}
+    refused(tmp_path, "compute capability 9.0", "this machine has TensorRT 10.9.0 and compute capability 8.9",
+            backend="tensorrt", tensorrt=other)
+    refused(tmp_path, "engine built with TensorRT 10.9.0", backend="tensorrt", tensorrt={**TRT, "version": "10.12.0"})
+    (tmp_path / "phi.plan").write_bytes(b"plan phi!")
+    refused(tmp_path, "phi.plan has 9 bytes", backend="tensorrt", tensorrt=TRT)
+    M.verify(tmp_path, backend="onnx")  # the ONNX side is untouched
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    M.atomic_write_text(tmp_path / "a.json", "{}")
+    M.atomic_write_text(tmp_path / "a.json", "[]")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert (tmp_path / "a.json").read_text() == "[]"
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == M.default_file_mode()
+
+
+def test_detect_tensorrt_never_raises():
+    info = M.detect_tensorrt()
+    assert info is None or set(info) == {"version", "compute_capability", "gpu"}
+
+
+def test_manifest_module_does_not_import_torch():
+    code = "import sys, rewas_rt.manifest; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
