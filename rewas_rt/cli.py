@@ -1,29 +1,196 @@
-"""The `rewas-rt` command line."""
+"""The `rewas-rt` command line: `infer` (video + prompt -> sound) and `info`."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import secrets
 import sys
+import warnings
+from pathlib import Path
 
 from rewas_rt import __version__
+from rewas_rt import constants as C
+from rewas_rt.errors import OutputError, RewasError
+
+DEFAULT_ENGINES = os.environ.get("REWAS_ENGINES", "engines")
 
 
-def _info(_: argparse.Namespace) -> int:
-    from rewas_rt import constants as C
+def _say(args: argparse.Namespace, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr)
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only on a terminal)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = width * done // total
+        print(f"\rsampling [{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps", end="", file=sys.stderr)
+        if done == total:
+            print(file=sys.stderr)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before the expensive work when an output cannot be written."""
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {path}: permission denied")
+
+
+def _numbered(path: Path, index: int, count: int) -> Path:
+    return path if count == 1 else path.with_name(f"{path.stem}.{index}{path.suffix}")
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from rewas_rt.audio import mux, write_wav
+    from rewas_rt.energy_control import EnergyEdit, curve_from_audio, load_curve, plot_curve, write_curve_csv
+    from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
+    from rewas_rt.video import load_video
+
+    video_path = Path(args.video)
+    out = Path(args.output) if args.output else video_path.with_name(video_path.stem + ".rewas.wav")
+    outputs = [_numbered(out, i, args.candidates) for i in range(args.candidates)]
+    if args.mux:
+        outputs += [_numbered(Path(args.mux), i, args.candidates) for i in range(args.candidates)]
+    for extra in (args.write_energy, args.plot_energy):
+        if extra:
+            outputs.append(Path(extra))
+    for p in outputs:
+        _check_writable(p)
+    if args.candidates < 1:
+        raise RewasError("--candidates must be at least 1")
+
+    clip = load_video(video_path, start=args.start)
+    pipe = Pipeline(args.engines, backend=args.backend, threads=args.threads, checksums=not args.skip_checksums)
+    pipe.tokenizer.ids(args.prompt)  # reject a bad prompt before the expensive work
+    energy = None
+    if args.energy_curve:
+        energy = load_curve(args.energy_curve)
+    elif args.energy_from_audio:
+        energy = curve_from_audio(args.energy_from_audio, start=args.start)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    _say(args, f"backend: {pipe.backend.name}; seed {seed}")
+    options = GenerationOptions(
+        steps=args.steps, guidance=args.guidance, eta=args.eta, candidates=args.candidates,
+        hint_from_mean=args.hint_mean,
+        energy_edit=EnergyEdit(args.energy_scale, args.energy_offset, *(args.energy_clip or (None, None))),
+    )
+    request = Request(prompt=args.prompt, seed=seed, frames=clip.frames, energy=energy)
+    (result,) = pipe.generate([request], options, progress=_Progress(not args.quiet))
+
+    samples = round(clip.real_seconds * C.SAMPLE_RATE)  # the generated track covers the video window
+    for i, wave in enumerate(result.waveforms):
+        wav_path = _numbered(out, i, args.candidates)
+        write_wav(wav_path, wave[:samples])
+        _say(args, f"wrote {wav_path}")
+        if args.mux:
+            mux_path = _numbered(Path(args.mux), i, args.candidates)
+            mux(video_path, wave[:samples], C.SAMPLE_RATE, mux_path, start=clip.start)
+            _say(args, f"wrote {mux_path}")
+    if args.write_energy:
+        write_curve_csv(args.write_energy, result.energy)
+        _say(args, f"wrote {args.write_energy}")
+    if args.plot_energy:
+        plot_curve(args.plot_energy, result.energy, clip.frames[: clip.real_frames])
+        _say(args, f"wrote {args.plot_energy}")
+    if args.verbose:
+        for stage, secs in pipe.timings.items():
+            _say(args, f"  {stage:14s} {secs * 1000:9.1f} ms")
+        _say(args, f"  {'total':14s} {sum(pipe.timings.values()) * 1000:9.1f} ms")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from rewas_rt.backends import backend_status
+    from rewas_rt.manifest import open_engine_dir
 
     print(f"rewas-rt {__version__}")
     print(f"audio: {C.SAMPLE_RATE} Hz, {C.N_MELS} mel bins, hop {C.HOP}, window {C.WINDOW_SECONDS} s")
     print(f"video: {C.FPS} fps, {C.FRAMES} frames, {C.SEGMENTS} segments of {C.SEGMENT_LEN} frames")
     print(f"sampler defaults: DDIM {C.DDIM_STEPS} steps, guidance {C.GUIDANCE}, eta {C.ETA}")
+    print("backends:")
+    for name, (ok, reason) in backend_status().items():
+        print(f"  {name:22s} {'yes' if ok else 'no '}  {reason}")
+    engines = Path(args.engines)
+    if not (engines / "manifest.json").is_file():
+        print(f"engines: none in {engines} (build them: python export/build_engines.py --out {engines})")
+        return 0
+    d = open_engine_dir(engines, checksums=False)
+    m = d.manifest
+    print(f"engines: {engines} (model {m.get('model', {}).get('name', '?')}, built {m.get('created', '?')})")
+    for name, g in m["graphs"].items():
+        plan = g["engine"]["precision"] if g["engine"] else "no TensorRT engine"
+        print(f"  {name:13s} {g['onnx']['bytes'] / 2**20:9.1f} MiB onnx; {plan}")
     return 0
 
 
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rewas-rt", description="ReWaS: sound for a silent video from a text prompt.")
+    p.add_argument("--version", action="version", version=f"rewas-rt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--engines", default=DEFAULT_ENGINES, help="engine directory (default: $REWAS_ENGINES or ./engines)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log the backend choice and per-stage timings")
+    common.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+
+    inf = sub.add_parser("infer", parents=[common], help="generate sound for a video")
+    inf.add_argument("video")
+    inf.add_argument("prompt")
+    inf.add_argument("-o", "--output", help="WAV to write (default: VIDEO.rewas.wav beside the video)")
+    inf.add_argument("--mux", metavar="OUT", help="also write the video with the generated track (.mp4/.mov/.mkv)")
+    inf.add_argument("--start", type=float, default=0.0, help="start of the 5 s window in seconds (default 0)")
+    inf.add_argument("--steps", type=int, default=C.DDIM_STEPS, help=f"DDIM steps (default {C.DDIM_STEPS})")
+    inf.add_argument("--guidance", type=float, default=C.GUIDANCE, help=f"CFG scale (default {C.GUIDANCE})")
+    inf.add_argument("--eta", type=float, default=C.ETA, help=f"DDIM eta (default {C.ETA}, as the original)")
+    inf.add_argument("--seed", type=int, help="random seed (default: random, printed)")
+    inf.add_argument("--candidates", type=int, default=1, help="candidates to generate (files numbered .0, .1, …)")
+    inf.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime-{tensorrt,cuda,cpu}")
+    inf.add_argument("--threads", type=int, help="ONNX Runtime CPU threads (default: physical cores)")
+    inf.add_argument("--skip-checksums", action="store_true", help="check engine file sizes only, not sha256")
+    e = inf.add_argument_group("energy control (units: mean log-mel; see rewas_rt/energy_control.py)")
+    e.add_argument("--energy-scale", type=float, default=1.0, help="stretch the curve around its mean")
+    e.add_argument("--energy-offset", type=float, default=0.0, help="add to the curve (+1 ≈ +8.7 dB)")
+    e.add_argument("--energy-clip", type=float, nargs=2, metavar=("MIN", "MAX"), help="clip the curve")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--energy-curve", metavar="FILE", help="use this curve (.csv/.npy) instead of the video's")
+    src.add_argument("--energy-from-audio", metavar="FILE", help="use the energy of this audio file")
+    e.add_argument("--write-energy", metavar="CSV", help="write the curve used")
+    e.add_argument("--plot-energy", metavar="PNG", help="plot the curve under the video's frames")
+    e.add_argument("--hint-mean", action="store_true", help="posterior mean for the hint latent (the original samples)")
+    inf.set_defaults(func=_infer)
+
+    info = sub.add_parser("info", parents=[common], help="engine directory, backends and model constants")
+    info.set_defaults(func=_info)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rewas-rt", description="ReWaS: sound for a silent video from a text prompt.")
-    parser.add_argument("--version", action="version", version=f"rewas-rt {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="show the runtime's model constants").set_defaults(func=_info)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if not args.quiet:
+            print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show_warning
+    try:
+        return args.func(args)
+    except RewasError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

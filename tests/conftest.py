@@ -22,3 +22,11 @@ def _torch_threads():
         return
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_engines():
+    """The session's tiny random-weight engine directory (tests/tiny_engines.py) and its weight seed."""
+    from tests.tiny_engines import SEED, tiny_engine_dir
+
+    return tiny_engine_dir()[0], SEED

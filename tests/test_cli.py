@@ -1,0 +1,214 @@
+"""`rewas-rt infer` / `info` end to end on the tiny engine directory, and every
+bad input: one `error:` line, exit status 1, no traceback, no partial file."""
+import json
+import shutil
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from rewas_rt import constants as C
+from rewas_rt.cli import main
+from tests.media_files import add_audio_stream, sine, write_audio, write_video
+
+FAST = ["--steps", "2", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=6.0)
+
+
+@pytest.fixture
+def engines(tiny_engines):
+    return str(tiny_engines[0])
+
+
+def run(capsys, *argv):
+    code = main(list(map(str, argv)))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 1, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def video_packets(path):
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
+
+
+def test_infer_writes_wav_mux_curve_and_plot(tmp_path, clip, engines, capsys):
+    wav, mp4 = tmp_path / "out.wav", tmp_path / "out.mp4"
+    csv, png = tmp_path / "energy.csv", tmp_path / "energy.png"
+    code, _, err = run(capsys, "infer", clip, "dog barking", "--engines", engines, "-o", wav, "--mux", mp4,
+                       "--write-energy", csv, "--plot-energy", png, "-v", *FAST)
+    assert code == 0, err
+    info = sf.info(str(wav))
+    assert info.samplerate == C.SAMPLE_RATE and info.channels == 1
+    assert info.frames == C.VIDEO_SECONDS * C.SAMPLE_RATE
+    with av.open(str(mp4)) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
+        assert sum(1 for _ in c.decode(audio=0)) > 0
+    assert video_packets(mp4) == video_packets(clip)[: len(video_packets(mp4))]
+    rows = csv.read_text().splitlines()
+    assert rows[0] == "time_s,energy" and len(rows) == 1 + C.MEL_FRAMES
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "unet_adapter" in err and "total" in err  # -v timings
+
+
+def test_default_output_name_and_candidates(tmp_path, clip, engines, capsys):
+    video = tmp_path / "v.mp4"
+    shutil.copy(clip, video)
+    code, _, err = run(capsys, "infer", video, "rain", "--engines", engines, "--candidates", "2", "-q", *FAST)
+    assert code == 0 and err == ""
+    a, b = (sf.read(str(tmp_path / f"v.rewas.{i}.wav"))[0] for i in range(2))
+    assert np.abs(a - b).max() > 1e-3
+
+
+def test_energy_from_curve_file_and_audio(tmp_path, clip, engines, capsys):
+    curve = tmp_path / "curve.npy"
+    np.save(curve, np.linspace(-9, -3, 112, dtype=np.float32))
+    code, _, err = run(capsys, "infer", clip, "rain", "--engines", engines, "-o", tmp_path / "a.wav",
+                       "--energy-curve", curve, "--energy-offset", "0.5", "--write-energy", tmp_path / "c.csv", *FAST)
+    assert code == 0, err
+    used = np.loadtxt(tmp_path / "c.csv", delimiter=",", skiprows=1)[:, 1]
+    np.testing.assert_allclose(used[0], -9 + 0.5, atol=1e-4)
+    ref = tmp_path / "ref.wav"
+    sf.write(str(ref), sine(440, 6.0, 16000)[0], 16000)
+    code, _, err = run(capsys, "infer", clip, "rain", "--engines", engines, "-o", tmp_path / "b.wav",
+                       "--energy-from-audio", ref, *FAST)
+    assert code == 0, err
+
+
+def test_info_lists_engines_and_backends(engines, capsys):
+    code, out, _ = run(capsys, "info", "--engines", engines)
+    assert code == 0
+    assert "onnxruntime-cpu" in out and "unet_adapter" in out
+
+
+def test_console_script_runs_without_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "rewas_rt.cli", "infer", tmp_path / "none.mp4", "rain"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def _audio_only(path):
+    with av.open(str(path), "w") as c:
+        write_audio(c, add_audio_stream(c, 16000, 1), sine(440, 1.0, 16000))
+    return path
+
+
+def _no_frames(path):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+    return path
+
+
+def _truncated(path, clip):
+    data = clip.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "not_video", "no_video_stream", "zero_frames", "corrupt", "start_past_end"])
+def test_bad_video_input(case, tmp_path, clip, engines, capsys):
+    video = {
+        "missing": lambda: tmp_path / "nope.mp4",
+        "not_video": lambda: (tmp_path / "t.mp4").write_text("hello") or tmp_path / "t.mp4",
+        "no_video_stream": lambda: _audio_only(tmp_path / "a.m4a"),
+        "zero_frames": lambda: _no_frames(tmp_path / "z.mp4"),
+        "corrupt": lambda: _truncated(tmp_path / "c.mp4", clip),
+        "start_past_end": lambda: clip,
+    }[case]()
+    extra = ["--start", "30"] if case == "start_past_end" else []
+    out = tmp_path / "out.wav"
+    code, _, err = run(capsys, "infer", video, "rain", "--engines", engines, "-o", out, *extra, *FAST)
+    if case == "corrupt" and code == 0:
+        # A truncated file may still hold decodable frames: then it must be handled as a short clip.
+        assert "warning:" in err and out.exists()
+        return
+    assert_one_line_error(code, err)
+    assert not out.exists()
+
+
+def test_empty_prompt(tmp_path, clip, engines, capsys):
+    code, _, err = run(capsys, "infer", clip, "   ", "--engines", engines, "-o", tmp_path / "o.wav", *FAST)
+    assert_one_line_error(code, err, "prompt is empty")
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_huge_prompt_is_truncated_with_a_warning(tmp_path, clip, engines, capsys):
+    code, _, err = run(capsys, "infer", clip, "rain " * 2000, "--engines", engines, "-o", tmp_path / "o.wav", *FAST)
+    assert code == 0 and "warning: prompt longer than" in err
+
+
+def test_unknown_backend(tmp_path, clip, engines, capsys):
+    code, _, err = run(capsys, "infer", clip, "rain", "--engines", engines, "--backend", "cuda9", *FAST)
+    assert_one_line_error(code, err, "unknown backend")
+
+
+def test_missing_engine_directory(tmp_path, clip, capsys):
+    code, _, err = run(capsys, "infer", clip, "rain", "--engines", tmp_path / "none", "-o", tmp_path / "o.wav", *FAST)
+    assert_one_line_error(code, err, "build_engines.py")
+
+
+def test_tampered_engine_directory(tmp_path, clip, engines, capsys):
+    copy = tmp_path / "engines"
+    shutil.copytree(engines, copy)
+    data = bytearray((copy / "phi.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "phi.onnx").write_bytes(bytes(data))
+    code, _, err = run(capsys, "infer", clip, "rain", "--engines", copy, "-o", tmp_path / "o.wav", *FAST)
+    assert_one_line_error(code, err, "phi.onnx")
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_engines_built_for_another_gpu(tmp_path, clip, engines, capsys):
+    """A manifest that claims TensorRT engines for another GPU is refused (the runtime here
+    cannot use TensorRT at all, so the request for it names the reason)."""
+    copy = tmp_path / "engines"
+    shutil.copytree(engines, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    plan = copy / "phi.plan"
+    plan.write_bytes(b"not really an engine")
+    from rewas_rt.manifest import file_entry, write_manifest
+
+    m["graphs"]["phi"]["engine"] = {**file_entry(copy, "phi.plan"), "precision": "fp16", "fp32_layers": [],
+                                    "tensorrt_version": "10.0.0", "compute_capability": "9.9", "gpu": "Imaginary",
+                                    "fingerprint": "0" * 64}
+    write_manifest(copy, m)
+    code, _, err = run(capsys, "infer", clip, "rain", "--engines", copy, "--backend", "tensorrt", "-o",
+                       tmp_path / "o.wav", *FAST)
+    assert_one_line_error(code, err, "tensorrt")
+
+
+def test_unwritable_output(tmp_path, clip, engines, capsys):
+    target = tmp_path / "no_such_dir" / "o.wav"
+    code, _, err = run(capsys, "infer", clip, "rain", "--engines", engines, "-o", target, *FAST)
+    assert_one_line_error(code, err, "does not exist")
+    code, _, err = run(capsys, "infer", clip, "rain", "--engines", engines, "-o", tmp_path / "o.wav",
+                       "--mux", tmp_path / "no_such_dir" / "x.mp4", *FAST)
+    assert_one_line_error(code, err, "does not exist")
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_bad_energy_curve_file(tmp_path, clip, engines, capsys):
+    bad = tmp_path / "curve.csv"
+    bad.write_text("a,b\nx,y\n")
+    code, _, err = run(capsys, "infer", clip, "rain", "--engines", engines, "--energy-curve", bad, "-o",
+                       tmp_path / "o.wav", *FAST)
+    assert_one_line_error(code, err, "curve")
