@@ -68,6 +68,8 @@ def build_tokenizer(args, source, out: Path) -> dict:
     from export import tokenizer as T
 
     clap = source.configs["clap_text"]
+    if not args.tokenizer and source.kind == "checkpoints" and (source.checkpoints / M.TOKENIZER_NAME).is_file():
+        args.tokenizer = source.checkpoints  # the trainers' --export-dir puts tokenizer.json there
     try:
         if args.tokenizer:
             tok = T.from_folder(args.tokenizer)
@@ -78,8 +80,8 @@ def build_tokenizer(args, source, out: Path) -> dict:
                 raise BuildError(f"{e}: pass --tokenizer DIR (a RoBERTa tokenizer folder) for a CLAP vocabulary "
                                  f"of {clap.vocab_size} tokens") from None
         else:
-            raise BuildError("--tokenizer DIR is required with --checkpoints (the RoBERTa tokenizer folder: "
-                             "tokenizer.json, or vocab.json + merges.txt)")
+            raise BuildError("--tokenizer DIR is required with --checkpoints unless the checkpoint folder holds "
+                             "tokenizer.json (the RoBERTa tokenizer folder: tokenizer.json, or vocab.json + merges.txt)")
         facts = T.check(tok, clap.vocab_size, clap.pad_token_id)
     except T.TokenizerError as e:
         raise BuildError(str(e)) from None

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -24,6 +22,7 @@ import torch
 
 from training.models.adapter import Adapter, AdapterConfig
 from training.models.clap_text import ClapText, ClapTextConfig
+from rewas_rt.atomic import atomic_path
 from training.models import presets
 from training.models.config import ModelConfig
 from training.models.hifigan import HiFiGAN, HiFiGANConfig, fold_weight_norm, strip_orig_mod
@@ -337,17 +336,6 @@ def import_checkpoints(
     return written
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_component(out: Path, component: str, sd: Mapping[str, torch.Tensor], config: ModelConfig, meta: dict | None = None) -> Path:
     """Write ``<component>.safetensors`` (float32) and ``<component>.json``."""
     from safetensors.torch import save_file
@@ -355,7 +343,8 @@ def save_component(out: Path, component: str, sd: Mapping[str, torch.Tensor], co
     check_state_dict(component, sd, config)
     tensors = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
     path = out / f"{component}.safetensors"
-    _atomic_write(path, lambda p: save_file(tensors, str(p)))
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp)
     info = {
         "format": CANONICAL_FORMAT,
         "format_version": CANONICAL_VERSION,
@@ -364,7 +353,8 @@ def save_component(out: Path, component: str, sd: Mapping[str, torch.Tensor], co
         "param_count": sum(t.numel() for t in tensors.values()),
         **(meta or {}),
     }
-    _atomic_write(out / f"{component}.json", lambda p: p.write_text(json.dumps(info, indent=1) + "\n"))
+    with atomic_path(out / f"{component}.json") as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=1) + "\n")
     return path
 
 
