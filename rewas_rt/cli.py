@@ -52,7 +52,7 @@ def _numbered(path: Path, index: int, count: int) -> Path:
 
 def _infer(args: argparse.Namespace) -> int:
     from rewas_rt.audio import mux, write_wav
-    from rewas_rt.energy_control import EnergyEdit, curve_from_audio, load_curve, plot_curve, write_curve_csv
+    from rewas_rt.energy_control import EnergyEdit, curve_from_audio, load_curve, plot_curve, pyplot, write_curve_csv
     from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
     from rewas_rt.video import load_video
 
@@ -66,6 +66,8 @@ def _infer(args: argparse.Namespace) -> int:
             outputs.append(Path(extra))
     for p in outputs:
         _check_writable(p)
+    if args.plot_energy:
+        pyplot()  # fail now, not after generating, when matplotlib is missing
     if args.candidates < 1:
         raise RewasError("--candidates must be at least 1")
 

@@ -98,8 +98,8 @@ def write_curve_csv(path: str | Path, curve: np.ndarray) -> None:
         Path(tmp).write_text("time_s,energy\n" + rows + "\n")
 
 
-def plot_curve(path: str | Path, curve: np.ndarray, frames: np.ndarray | None = None, fps: float = C.FPS) -> None:
-    """PNG: the energy curve on the time axis, under a strip of the video's frames."""
+def pyplot():
+    """matplotlib.pyplot on the file-only backend; a clear error when it is not installed."""
     try:
         import matplotlib
 
@@ -107,6 +107,12 @@ def plot_curve(path: str | Path, curve: np.ndarray, frames: np.ndarray | None = 
         import matplotlib.pyplot as plt
     except ImportError:
         raise OutputError("plotting needs matplotlib: pip install 'rewas-rt[plot]'") from None
+    return plt
+
+
+def plot_curve(path: str | Path, curve: np.ndarray, frames: np.ndarray | None = None, fps: float = C.FPS) -> None:
+    """PNG: the energy curve on the time axis, under a strip of the video's frames."""
+    plt = pyplot()
     duration = len(curve) * C.HOP / C.SAMPLE_RATE
     rows = 2 if frames is not None else 1
     fig, axes = plt.subplots(rows, 1, figsize=(10, 2.2 * rows), sharex=True, squeeze=False,
