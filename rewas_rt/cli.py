@@ -80,7 +80,7 @@ def _infer(args: argparse.Namespace) -> int:
     elif args.energy_from_audio:
         energy = curve_from_audio(args.energy_from_audio, start=args.start)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    _say(args, f"backend: {pipe.backend.name}; seed {seed}")
+    _say(args, f"generating on {pipe.backend.name} with seed {seed}")
     options = GenerationOptions(
         steps=args.steps, guidance=args.guidance, eta=args.eta, candidates=args.candidates,
         hint_from_mean=args.hint_mean,
