@@ -68,8 +68,6 @@ def build_tokenizer(args, source, out: Path) -> dict:
     from export import tokenizer as T
 
     clap = source.configs["clap_text"]
-    if not args.tokenizer and source.kind == "checkpoints" and (source.checkpoints / M.TOKENIZER_NAME).is_file():
-        args.tokenizer = source.checkpoints  # the trainers' --export-dir puts tokenizer.json there
     try:
         if args.tokenizer:
             tok = T.from_folder(args.tokenizer)
@@ -80,8 +78,8 @@ def build_tokenizer(args, source, out: Path) -> dict:
                 raise BuildError(f"{e}: pass --tokenizer DIR (a RoBERTa tokenizer folder) for a CLAP vocabulary "
                                  f"of {clap.vocab_size} tokens") from None
         else:
-            raise BuildError("--tokenizer DIR is required with --checkpoints unless the checkpoint folder holds "
-                             "tokenizer.json (the RoBERTa tokenizer folder: tokenizer.json, or vocab.json + merges.txt)")
+            raise BuildError("--tokenizer DIR is required with --checkpoints (the RoBERTa tokenizer folder: "
+                             "tokenizer.json, or vocab.json + merges.txt)")
         facts = T.check(tok, clap.vocab_size, clap.pad_token_id)
     except T.TokenizerError as e:
         raise BuildError(str(e)) from None
@@ -268,9 +266,11 @@ def parse_args(argv: list[str] | None):
         args.name = args.name or args.config
     if args.checkpoints is not None and not args.checkpoints.is_dir():
         p.error(f"--checkpoints {args.checkpoints}: no such folder")
+    if args.checkpoints and args.tokenizer is None and (args.checkpoints / M.TOKENIZER_NAME).is_file():
+        args.tokenizer = args.checkpoints  # the trainers' --export-dir puts tokenizer.json there
     if args.checkpoints and args.tokenizer is None:
-        p.error("--tokenizer DIR is required with --checkpoints (the RoBERTa tokenizer folder: tokenizer.json, "
-                "or vocab.json + merges.txt)")
+        p.error("--tokenizer DIR is required with --checkpoints unless the folder holds tokenizer.json "
+                "(the RoBERTa tokenizer folder: tokenizer.json, or vocab.json + merges.txt)")
     if args.tokenizer is not None and not args.tokenizer.is_dir():
         p.error(f"--tokenizer {args.tokenizer}: no such folder")
     words = ["python", "export/build_engines.py"]
