@@ -1,7 +1,7 @@
 """Per-stage and end-to-end latency of one ReWaS request, every available backend side by side.
 
-    python benchmarks/latency.py                          # rewas-m random weights, 200 and 25 steps
-    python benchmarks/latency.py --steps 200 25 --measure-steps 4 --repeats 3 --out runs/bench
+    python benchmarks/latency.py                          # rewas-m random weights, 200 and 25 steps (5 measured)
+    python benchmarks/latency.py --steps 200 25 --measure-steps 0 --repeats 3 --out runs/bench   # every step run
     python benchmarks/latency.py --engines engines/rewas-m --checkpoints checkpoints/
     python benchmarks/latency.py --quick --engines /tmp/tiny   # CI smoke run: tiny model, 2 steps, 1 repeat
 
@@ -23,7 +23,8 @@ of every backend in turn, the order reversed every other round, so that load fro
 which changes by the minute on a shared machine, falls on every backend alike (``--sequential``:
 one backend after another, for hosts without the memory to hold them all).
 Each (backend, step count) runs ``--warmup`` untimed requests, then ``--repeats`` timed ones;
-the table gives the median and [min–max]. With ``--measure-steps K`` smaller than a requested
+the table gives the median and [min–max]. With ``--measure-steps K`` (default 5; 0 = run every step;
+``--quick`` runs every step) smaller than a requested
 step count S, the DDIM loop runs only K steps and the S-step totals are *extrapolated*:
 total(S) = measured total(K) + (S − K) × the median wall time of one sampler step, per repeat
 (labelled "extrapolated" in the table and the JSON). Latency does not depend on weight values,
@@ -759,7 +760,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights when building engines")
     p.add_argument("--steps", type=int, nargs="+", default=None, help="DDIM step counts to report (default: 200 25)")
     p.add_argument("--measure-steps", type=int, default=None,
-                   help="run only this many DDIM steps and extrapolate larger step counts (default: measure all)")
+                   help="run only this many DDIM steps and extrapolate larger step counts (default 5, "
+                        "--quick: 0); 0 = run every step count in full")
     p.add_argument("--batch", type=int, default=1, help="requests per generate call (default 1)")
     p.add_argument("--candidates", type=int, default=1, help="candidates per request (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed requests per backend (default 3)")
@@ -789,8 +791,11 @@ def parse_args(argv: list[str] | None):
     args.steps = args.steps or [200, 25]
     args.repeats = args.repeats or 3
     args.warmup = 1 if args.warmup is None else args.warmup
-    if any(s < 1 for s in args.steps) or (args.measure_steps is not None and args.measure_steps < 1):
-        p.error("step counts must be >= 1")
+    if args.measure_steps is None:
+        args.measure_steps = 0 if args.quick else 5
+    if any(s < 1 for s in args.steps) or args.measure_steps < 0:
+        p.error("step counts must be >= 1 (--measure-steps >= 0)")
+    args.measure_steps = args.measure_steps or None  # None: every step count is run in full
     if args.batch < 1 or args.candidates < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--batch, --candidates, --repeats must be >= 1 and --warmup >= 0")
     if args.engines is not None and not (args.engines / "manifest.json").is_file():
