@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from rewas_rt import __version__ as RUNTIME_VERSION
 from rewas_rt import manifest as M
+from rewas_rt.errors import RewasError
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
 
 ENGINE_BUILD_VERSION = 1  # bump when tensorrt_build changes what it builds
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         build(args)
-    except (BuildError, ExportError, M.ManifestError) as e:
+    except (BuildError, ExportError, RewasError) as e:  # ManifestError; OutputError for an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

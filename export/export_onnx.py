@@ -465,7 +465,7 @@ def export_graph(module, spec: GraphSpec, out_dir: str | os.PathLike, example: M
         del model
         onnx.shape_inference.infer_shapes_path(str(staged), str(staged))
         onnx.checker.check_model(str(staged))
-        from rewas_rt.manifest import default_file_mode
+        from rewas_rt.atomic import default_file_mode
 
         for f in (staged, tmp / final_data.name) if big else (staged,):
             os.chmod(f, default_file_mode())  # onnx writes external data as 0600

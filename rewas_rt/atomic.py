@@ -19,6 +19,13 @@ def _os_reason(err: OSError, directory: str) -> str:
     return err.strerror or str(err)
 
 
+def default_file_mode() -> int:
+    """0666 minus the umask: the mode a plain ``open(..., 'w')`` gives."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path``; it replaces ``path`` when the block succeeds.
@@ -42,9 +49,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.fsync(fd)  # the data reaches the disk before the name does
         finally:
             os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions
         try:
             os.replace(tmp, path)
         except OSError as err:

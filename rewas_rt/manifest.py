@@ -24,11 +24,11 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from rewas_rt import constants as C
+from rewas_rt.atomic import atomic_path
 from rewas_rt.errors import RewasError
 from rewas_rt.graphs import GRAPHS, GraphSpec
 
@@ -62,44 +62,14 @@ def file_entry(root: str | os.PathLike, rel: str) -> dict[str, Any]:
     return {"path": rel, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
 
 
-def default_file_mode() -> int:
-    """0666 minus the umask: the mode a plain ``open(..., 'w')`` gives."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace`` (no half-written files)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """No half-written files: ``rewas_rt.atomic.atomic_path`` (temporary file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- sections

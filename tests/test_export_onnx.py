@@ -10,8 +10,8 @@ import torch
 
 from export import export_onnx as E
 from rewas_rt import constants as C
+from rewas_rt.atomic import default_file_mode
 from rewas_rt.graphs import GRAPHS
-from rewas_rt.manifest import default_file_mode
 from tests.reference import OBSERVED
 from tests.tiny_engines import SEED, tiny_engine_dir
 

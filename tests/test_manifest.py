@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from rewas_rt import constants as C
-from rewas_rt.ddim import linear_schedule
 from rewas_rt import manifest as M
+from rewas_rt.atomic import default_file_mode
+from rewas_rt.ddim import linear_schedule
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
 
 FEATURE_DIM = 64
@@ -212,7 +213,7 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     M.atomic_write_text(tmp_path / "a.json", "[]")
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
     assert (tmp_path / "a.json").read_text() == "[]"
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == M.default_file_mode()
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == default_file_mode()
 
 
 def test_detect_tensorrt_never_raises():
