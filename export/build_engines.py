@@ -3,6 +3,11 @@ when TensorRT and a GPU are present, the tokenizer and ``manifest.json``::
 
     python export/build_engines.py --checkpoints checkpoints/ --tokenizer roberta-base/ --out engines/
     python export/build_engines.py --config tiny --random-weights --out /tmp/engines
+    python export/build_engines.py --release --out engines/rewas-m   # download, import, build
+
+``--release`` fetches the released files that are missing (``export/release.py``: resumable,
+verified, licences printed first) into ``--dir`` (default ``~/.cache/rewas-rt/release``),
+imports them into ``<dir>/canonical`` (skipped when unchanged) and builds from there.
 
 Per graph: export (``export_onnx``), parity against PyTorch in ONNX Runtime (fails above
 1e-4 relative), the FP16 safety check (``fp16_check``: the nodes kept FP32), then — with
@@ -162,6 +167,7 @@ def build(args) -> Path:
 
     out: Path = args.out
     t_start = time.perf_counter()
+    licences = _prepare_release(args) if args.release else None
     if args.checkpoints:
         source = E.ModelSource.from_checkpoints(args.checkpoints, name=args.name)
     else:
@@ -224,6 +230,7 @@ def build(args) -> Path:
         "tokenizer": tokenizer,
         "tensorrt": trt if trt is not None else (
             (prev or {}).get("tensorrt") if all(e["engine"] for e in graphs.values()) else None),
+        **({"licences": licences} if licences else {}),  # optional: release files, their licences and sha256
     }
     M.write_manifest(out, manifest)
     M.verify(out, backend="onnx")
@@ -232,6 +239,17 @@ def build(args) -> Path:
     kind = "ONNX + TensorRT FP16" if trt is not None else "ONNX"
     print(f"wrote {kind} engine directory {out} ({time.perf_counter() - t_start:.0f}s), verified", flush=True)
     return out
+
+
+def _prepare_release(args) -> list[dict]:
+    """--release: download what is missing, import (skipped when unchanged); returns the licences."""
+    from export import release as R
+
+    configs = R.load_configs(args.configs)
+    folder = R.ensure(args.dir, configs=configs, trust_pickle=args.trust_pickle)
+    args.checkpoints = R.import_release(folder, configs, trust_pickle=args.trust_pickle)
+    args.tokenizer = args.tokenizer or folder / R.TOKENIZER_SUBDIR
+    return R.licences_section(folder)
 
 
 def parse_args(argv: list[str] | None):
@@ -251,7 +269,26 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--tolerance", type=float, default=1e-4, help="ONNX vs PyTorch, relative to max|output|")
     p.add_argument("--engine-tolerance", type=float, default=2e-2, help="TensorRT FP16 vs ONNX Runtime, relative")
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder workspace limit")
+    r = p.add_argument_group("the released model (export/release.py)")
+    r.add_argument("--release", action="store_true",
+                   help="download the released files that are missing, import them, build (see README)")
+    r.add_argument("--dir", type=Path, default=None, help="release folder (default: ~/.cache/rewas-rt/release)")
+    r.add_argument("--configs", type=Path, help="JSON {component: config} for other sizes than rewas-m")
+    r.add_argument("--trust-pickle", action="store_true",
+                   help="allow full unpickling of release checkpoints that are not plain tensor pickles")
     args = p.parse_args(argv)
+    if args.release:
+        if args.checkpoints or args.random_weights or args.config:
+            p.error("--release builds the released model: not with --checkpoints, --config or --random-weights")
+        if args.tokenizer is not None and not args.tokenizer.is_dir():
+            p.error(f"--tokenizer {args.tokenizer}: no such folder")
+        words = ["python", "export/build_engines.py", "--release"]
+        words += ["--dir", str(args.dir)] if args.dir else []
+        words += ["--configs", str(args.configs)] if args.configs else []
+        args.command_line = shlex.join(words + ["--out", str(args.out)])
+        return args
+    if args.dir or args.configs or args.trust_pickle:
+        p.error("--dir, --configs and --trust-pickle go with --release")
     if args.checkpoints and args.random_weights:
         p.error("use either --checkpoints DIR or --config NAME --random-weights, not both")
     if args.checkpoints and args.config:

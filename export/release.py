@@ -178,7 +178,7 @@ class Options:
     progress: bool | None = None  # tqdm bars; None: only on a terminal
     offline: bool | None = None  # None: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE
     hub_endpoint: str | None = None  # None: HF_ENDPOINT or huggingface.co
-    hub_cache: Path | None = None  # None: huggingface_hub's cache (HF_HOME, HF_HUB_CACHE)
+    hub_cache: Path | None = None  # None: huggingface_hub's cache ($HF_HUB_CACHE, $HF_HOME/hub)
     hub_token: str | bool | None = None  # None: HF_TOKEN or the stored login
     disk_margin: int = 64 << 20  # free space to leave on the disk
 
@@ -188,8 +188,18 @@ class Options:
         return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
                    for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
+    # Read at call time (huggingface_hub reads its variables once, at import).
     def endpoint(self) -> str | None:
         return self.hub_endpoint or os.environ.get("HF_ENDPOINT") or None
+
+    def cache_dir(self) -> Path | None:
+        if self.hub_cache is not None:
+            return self.hub_cache
+        if os.environ.get("HF_HUB_CACHE"):
+            return Path(os.environ["HF_HUB_CACHE"])
+        if os.environ.get("HF_HOME"):
+            return Path(os.environ["HF_HOME"]) / "hub"
+        return None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -319,8 +329,9 @@ def _remote_size(url: str, opts: Options) -> tuple[int | None, bool]:
 
 def _copy_stream(resp, f, bar, hashers: Iterable[Any], limit: int | None = None) -> int:
     n = 0
+    read = getattr(resp, "read1", resp.read)  # what has arrived: a killed run keeps all it received
     while limit is None or n < limit:
-        block = resp.read(CHUNK if limit is None else min(CHUNK, limit - n))
+        block = read(CHUNK if limit is None else min(CHUNK, limit - n))
         if not block:
             break
         f.write(block)
@@ -367,7 +378,7 @@ def download_url(src: Source, dest: Path, opts: Options, url: str | None = None)
             if have and not resumed:  # the server ignored Range: start over
                 have = 0
             try:
-                with open(part, "ab" if resumed else "wb") as f, \
+                with open(part, "ab" if resumed else "wb", buffering=0) as f, \
                         _progress(opts, total, have, src.name) as bar:
                     _copy_stream(resp, f, bar, ())
             except OSError as e:
@@ -545,7 +556,7 @@ def _download_range(src: Source, dest: Path, offset: int, size: int, opts: Optio
             if resp.status != 206:
                 raise _Retryable("the server stopped honouring Range requests")
             try:
-                with open(part, "ab") as f, _progress(opts, size, have, src.name) as bar:
+                with open(part, "ab", buffering=0) as f, _progress(opts, size, have, src.name) as bar:
                     _copy_stream(resp, f, bar, (), limit=size - have)
             except OSError as e:
                 if isinstance(e, (ConnectionError, socket.timeout, TimeoutError)):
@@ -655,7 +666,7 @@ def download_hub(src: Source, dest: Path, opts: Options) -> tuple[str, dict[str,
 
     offline = opts.is_offline()
     kwargs = dict(repo_id=src.location, filename=src.path, revision=src.revision, endpoint=opts.endpoint(),
-                  cache_dir=opts.hub_cache, token=opts.hub_token)
+                  cache_dir=opts.cache_dir(), token=opts.hub_token)
     where = f"{src.location}/{src.path} on {opts.endpoint() or 'huggingface.co'}"
     try:
         if not offline:
@@ -663,10 +674,10 @@ def download_hub(src: Source, dest: Path, opts: Options) -> tuple[str, dict[str,
                                                            endpoint=opts.endpoint()),
                                             token=opts.hub_token, timeout=opts.timeout)
             if meta.size:
-                cached = hub.try_to_load_from_cache(src.location, src.path, cache_dir=opts.hub_cache,
+                cached = hub.try_to_load_from_cache(src.location, src.path, cache_dir=opts.cache_dir(),
                                                     revision=meta.commit_hash)
                 if not isinstance(cached, str):
-                    check_disk(Path(opts.hub_cache or hub.constants.HF_HUB_CACHE), meta.size, src.name, opts)
+                    check_disk(Path(opts.cache_dir() or hub.constants.HF_HUB_CACHE), meta.size, src.name, opts)
         path = Path(hub.hf_hub_download(**kwargs, local_files_only=offline))
     except herr.GatedRepoError:
         raise ReleaseError(f"{src.name}: {src.location} is gated; accept its terms on {src.homepage} and log in "
@@ -687,9 +698,13 @@ def download_hub(src: Source, dest: Path, opts: Options) -> tuple[str, dict[str,
     except herr.HfHubHTTPError as e:
         code = getattr(getattr(e, "response", None), "status_code", None)
         if code in (401, 403):
-            raise ReleaseError(f"{src.name}: access to {where} denied (HTTP {code}); log in (`hf auth login` or "
-                               "HF_TOKEN) with an account that can read it") from None
+            raise ReleaseError(f"{src.name}: access to {where} denied (HTTP {code}); log in with a token that can "
+                               "read it (`hf auth login` or HF_TOKEN)") from None
         raise ReleaseError(f"{src.name}: {where} failed: {str(e).splitlines()[0]}; run again") from None
+    except (httpx2.ConnectError, httpx2.TimeoutException) as e:
+        raise ReleaseError(f"{src.name}: cannot reach {_host(opts.endpoint() or 'https://huggingface.co')} "
+                           f"({type(e).__name__}); check the network connection (or HF_ENDPOINT) and run again — "
+                           "finished files are kept") from None
     except (httpx2.HTTPError, OSError) as e:
         if isinstance(e, OSError) and getattr(e, "errno", None) == 28:
             raise _os_error(src.name, dest, e) from None
@@ -810,7 +825,8 @@ def is_current(folder: Path, src: Source, state: Mapping[str, Any], rehash: bool
     return _stat_key(path) == rec.get("stat")
 
 
-def licence_lines(release: Release = RELEASE) -> list[str]:
+def licence_lines(release: Release | None = None) -> list[str]:
+    release = release or RELEASE
     by: dict[Licence, list[str]] = {}
     for s in release.sources:
         by.setdefault(s.licence, []).append(s.name)
@@ -818,21 +834,74 @@ def licence_lines(release: Release = RELEASE) -> list[str]:
             for lic, names in by.items()]
 
 
-def licences_section(release: Release = RELEASE) -> list[dict[str, Any]]:
-    """For the engine manifest: which licence covers which release file."""
+def licences_section(folder: Path | None = None, release: Release | None = None) -> list[dict[str, Any]]:
+    """For the engine manifest: which licence covers which release file (with its sha256)."""
+    release = release or RELEASE
+    files = read_state(folder)["files"] if folder is not None else {}
     by: dict[Licence, list[Source]] = {}
     for s in release.sources:
         by.setdefault(s.licence, []).append(s)
-    return [{"licence": lic.name, "url": lic.url, "files": [s.name for s in srcs],
+    return [{"licence": lic.name, "url": lic.url,
+             "files": {s.name: files.get(s.rel, {}).get("sha256") for s in srcs},
              "sources": sorted({s.homepage for s in srcs}), **({"note": lic.note} if lic.note else {})}
             for lic, srcs in by.items()]
 
 
-def ensure(folder: Path | None = None, *, release: Release = RELEASE, opts: Options | None = None,
+def load_configs(path: Path | None) -> dict[str, Any]:
+    """The rewas-m component configs, overridden by a JSON ``{component: config}`` file."""
+    from training.checkpoints import COMPONENTS
+    from training.models.presets import rewas_m
+
+    configs = rewas_m()
+    if path is None:
+        return configs
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ReleaseError(f"{path}: cannot be read as JSON ({e})") from None
+    for name, cfg in data.items():
+        if name not in COMPONENTS:
+            raise ReleaseError(f"{path}: unknown component '{name}' (known: {', '.join(COMPONENTS)})")
+        configs[name] = COMPONENTS[name].config_cls.from_dict(cfg)
+    return configs
+
+
+def import_release(folder: Path, configs: Mapping[str, Any], trust_pickle: bool = False,
+                   log: Callable[[str], None] = print, release: Release | None = None) -> Path:
+    """``training.import_checkpoints`` of the release folder into ``folder/canonical``; skipped
+    when the release files (by sha256) and configs are those of the last import."""
+    from training import checkpoints as ck
+
+    release = release or RELEASE
+    out = folder / "canonical"
+    state = read_state(folder)["files"]
+    key = {"files": {s.name: state.get(s.rel, {}).get("sha256") for s in release.sources if s.is_checkpoint},
+           "configs": {c: cfg.to_dict() for c, cfg in configs.items()},
+           "canonical_version": ck.CANONICAL_VERSION}
+    stamp = out / "import.json"
+    try:
+        if json.loads(stamp.read_text()) == key and all(
+                (out / f"{c}.safetensors").is_file() and (out / f"{c}.json").is_file() for c in ck.COMPONENTS):
+            log(f"canonical checkpoints in {out}: up to date")
+            return out
+    except (OSError, ValueError):
+        pass
+    stamp.unlink(missing_ok=True)
+    try:
+        ck.import_checkpoints(folder, out, configs, trust_pickle=trust_pickle, log=log)
+    except ck.CheckpointError as e:
+        raise ReleaseError(str(e)) from None
+    with atomic_path(stamp) as tmp:
+        Path(tmp).write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def ensure(folder: Path | None = None, *, release: Release | None = None, opts: Options | None = None,
            configs: Mapping[str, Any] | None = None, trust_pickle: bool = False, rehash: bool = False,
            log: Callable[[str], None] = print) -> Path:
     """Make ``folder`` hold every release file, verified; download only what is missing."""
     opts = opts or Options()
+    release = release or RELEASE
     folder = Path(folder or DEFAULT_DIR).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)

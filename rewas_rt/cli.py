@@ -125,6 +125,7 @@ def _info(args: argparse.Namespace) -> int:
     engines = Path(args.engines)
     if not (engines / "manifest.json").is_file():
         print(f"engines: none in {engines} (build them: python export/build_engines.py --out {engines})")
+        print(RELEASE_HINT)
         return 0
     d = open_engine_dir(engines, checksums=False)
     m = d.manifest
@@ -132,7 +133,14 @@ def _info(args: argparse.Namespace) -> int:
     for name, g in m["graphs"].items():
         plan = g["engine"]["precision"] if g["engine"] else "no TensorRT engine"
         print(f"  {name:13s} {g['onnx']['bytes'] / 2**20:9.1f} MiB onnx; {plan}")
+    if m.get("model", {}).get("name") != "rewas-m":
+        print(RELEASE_HINT)
     return 0
+
+
+RELEASE_HINT = ("released model (rewas-m): not in use; get it with `python export/build_engines.py --release "
+                "--out engines/rewas-m` (a ≈ 10 GB download, ≈ 22 GB of disk; non-commercial licences; README "
+                "\"Use the released model\"), then --engines engines/rewas-m")
 
 
 def _parser() -> argparse.ArgumentParser:
