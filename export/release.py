@@ -143,7 +143,7 @@ SOURCES: tuple[Source, ...] = (
     Source("phi_vggsound.ckpt", "hub", "lee-j/ReWaS", "phi_vggsound.ckpt",
            CC_BY_NC_SA, "https://huggingface.co/lee-j/ReWaS", approx_bytes=87_900_000),
     Source("vae_mel_16k_64bins.ckpt", "tar", ARCHIVE.url, "vae_mel_16k_64bins.ckpt",
-           CC_BY_NC, ARCHIVE.homepage, approx_bytes=300_000_000),
+           CC_BY_NC, ARCHIVE.homepage, approx_bytes=510_000_000),
     Source("hifigan_16k_64bins.ckpt", "tar", ARCHIVE.url, "hifigan_16k_64bins.ckpt",
            CC_BY_NC, ARCHIVE.homepage, approx_bytes=221_000_000),
     Source("clap_music_speech_audioset_epoch_15_esc_89.98.pt", "tar", ARCHIVE.url,
