@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -188,6 +189,17 @@ def test_cut_connection_is_retried_from_where_it_stopped(server, release, tmp_pa
     assert (tmp_path / "rel" / SYNC).read_bytes() == server.files[SYNC]
     gets = [r for r in server.requests if r[1] == f"/files/{SYNC}" and r[0] == "GET"]
     assert gets[-1][2] == "bytes=1000-"
+
+
+def test_cut_tar_member_resumes_inside_the_archive(server, release, tmp_path, files):
+    server.cut_after["/files/checkpoints.tar"] = 100_000  # longer than a header read: hits the first member
+    _ensure(server, release, tmp_path, *TAR_FILES)
+    for n in TAR_FILES:
+        assert (tmp_path / "rel" / n).read_bytes() == files[n]
+    tar = tarfile.open(fileobj=io.BytesIO(server.plain["/files/checkpoints.tar"]))
+    first = min((m for m in tar.getmembers() if m.name.rsplit("/", 1)[-1] in TAR_FILES), key=lambda m: m.offset_data)
+    ranges = [r[2] for r in server.requests if r[1] == "/files/checkpoints.tar"]
+    assert f"bytes={first.offset_data + 100_000}-{first.offset_data + first.size - 1}" in ranges
 
 
 def test_interrupted_without_retries_keeps_only_the_part_file(server, release, tmp_path):
