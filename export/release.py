@@ -655,8 +655,8 @@ def _extract_streaming(archive: Archive, wanted: Mapping[str, Path], opts: Optio
 
 # --------------------------------------------------------------------------- Hugging Face Hub
 
-def download_hub(src: Source, dest: Path, opts: Options) -> tuple[str, dict[str, Any]]:
-    """``hf_hub_download`` into the Hub cache, checked against its ETag, then linked into ``dest``."""
+def _hub_fetch(src: Source, dest: Path, opts: Options) -> Path:
+    """``hf_hub_download`` into the Hub cache; its errors as one-line ``ReleaseError``."""
     try:
         import huggingface_hub as hub
         from huggingface_hub import errors as herr
@@ -716,23 +716,37 @@ def download_hub(src: Source, dest: Path, opts: Options) -> tuple[str, dict[str,
     except Exception as e:  # noqa: BLE001 - huggingface_hub's consistency checks raise plain exceptions
         raise ReleaseError(f"{src.name}: download from {where} failed: {str(e).splitlines()[0]}; run again") from None
 
-    blob = Path(os.path.realpath(path))
-    etag = blob.name
+    return path
+
+
+def _hub_problem(src: Source, path: Path) -> tuple[str | None, str, dict[str, str]]:
+    """(what is wrong or None, sha256, the published hash) of a file in the Hub cache: its blob's
+    name is the ETag — the sha256 of an LFS file, the git object id of a small one."""
+    etag = Path(os.path.realpath(path)).name
     digest = sha256_file(path)
     if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag):
         if digest != etag:
-            _drop_hub_blob(path)
-            raise ReleaseError(f"{src.name}: sha256 {digest[:16]}… differs from the Hub's {etag[:16]}…; the "
-                               "corrupt copy was removed from the Hub cache — run again")
-        published = {"sha256": etag}
-    elif len(etag) == 40 and all(c in "0123456789abcdef" for c in etag):
+            return f"sha256 {digest[:16]}… differs from the Hub's {etag[:16]}…", digest, {}
+        return None, digest, {"sha256": etag}
+    if len(etag) == 40 and all(c in "0123456789abcdef" for c in etag):
         if _git_blob_sha1(path) != etag:
-            _drop_hub_blob(path)
-            raise ReleaseError(f"{src.name}: git object id differs from the Hub's {etag[:12]}…; the corrupt copy "
-                               "was removed from the Hub cache — run again")
-        published = {"git_sha1": etag}
-    else:
-        published = {}
+            return f"git object id differs from the Hub's {etag[:12]}…", digest, {}
+        return None, digest, {"git_sha1": etag}
+    return None, digest, {}
+
+
+def download_hub(src: Source, dest: Path, opts: Options) -> tuple[str, dict[str, Any]]:
+    """From the Hub (cache) into ``dest`` (a hard link where possible), checked against the ETag.
+
+    A corrupt copy in the cache is removed and fetched once more before giving up."""
+    for attempt in range(2):
+        path = _hub_fetch(src, dest, opts)
+        problem, digest, published = _hub_problem(src, path)
+        if problem is None:
+            break
+        _drop_hub_blob(path)
+        if attempt or opts.is_offline():
+            raise ReleaseError(f"{src.name}: {problem}; the corrupt copy was removed from the Hub cache — run again")
     _link_or_copy(path, dest, src.name)
     commit = path.parent.name if path.parent.parent.name == "snapshots" else None
     return digest, {"repo": src.location, "revision": src.revision, "commit": commit, **published}
@@ -956,9 +970,16 @@ def ensure(folder: Path | None = None, *, release: Release | None = None, opts: 
         digests = extract_members(release.archive, wanted, opts, log, sum(s.approx_bytes for s in tar_todo))
         for s in tar_todo:
             done(s, digests[s.path], {"archive": release.archive.name})
-    tok_dir = folder / TOKENIZER_SUBDIR
-    if any(s.subdir == TOKENIZER_SUBDIR for s in release.sources):
-        verify_tokenizer(tok_dir)
+    tok_sources = [s for s in release.sources if s.subdir == TOKENIZER_SUBDIR]
+    if tok_sources:
+        try:
+            verify_tokenizer(folder / TOKENIZER_SUBDIR)
+        except ReleaseError:
+            for s in tok_sources:  # not usable: fetched again next time
+                state["files"].pop(s.rel, None)
+                (folder / s.rel).unlink(missing_ok=True)
+            _write_state(folder, state)
+            raise
     return folder
 
 

@@ -250,6 +250,17 @@ def test_a_file_changed_after_download_is_fetched_again(server, release, tmp_pat
     assert path.read_bytes() == files[ck.VAE_FILE]
 
 
+def test_a_hub_file_changed_in_place_is_healed_in_one_run(server, release, tmp_path, files):
+    """The release file is a hard link into the Hub cache: editing it corrupts the cached copy too."""
+    _ensure(server, release, tmp_path, ck.PHI_FILE)
+    path = tmp_path / "rel" / ck.PHI_FILE
+    with open(path, "r+b") as f:
+        f.seek(-50, 2)
+        f.write(b"\xff")
+    _ensure(server, release, tmp_path, ck.PHI_FILE)
+    assert path.read_bytes() == files[ck.PHI_FILE]
+
+
 def test_wrong_key_layout_is_refused(server, release, tmp_path):
     import io
 
