@@ -278,6 +278,19 @@ def test_wrong_key_layout_is_refused(server, release, tmp_path):
     assert ck.PHI_FILE not in R.read_state(tmp_path / "rel")["files"]
 
 
+def test_layout_check_is_at_full_size_by_default(tmp_path, files):
+    """Without other configs the check is against rewas-m: a reduced file is refused, by name."""
+    import torch
+
+    path = tmp_path / ck.PHI_FILE
+    path.write_bytes(files[ck.PHI_FILE])
+    with pytest.raises(R.ReleaseError) as e:
+        R.verify_layout(_source(R.RELEASE, ck.PHI_FILE), path, None, False)
+    _one_line(e, ck.PHI_FILE, "phi:", "mis-shaped keys")
+    n_keys = len(torch.load(path, weights_only=True))
+    assert R.verify_layout(_source(R.RELEASE, ck.PHI_FILE), path, standin_configs(), False) == n_keys
+
+
 # ---- errors: one line, naming the file and what to do ------------------------------------------
 
 def test_404_is_one_line(server, release, tmp_path):
