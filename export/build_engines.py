@@ -10,9 +10,11 @@ verified, licences printed first) into ``--dir`` (default ``~/.cache/rewas-rt/re
 imports them into ``<dir>/canonical`` (skipped when unchanged) and builds from there.
 
 Per graph: export (``export_onnx``), parity against PyTorch in ONNX Runtime (fails above
-1e-4 relative), the FP16 safety check (``fp16_check``: the nodes kept FP32), then — with
-TensorRT — an FP16 engine with those nodes pinned to FP32, compared against ONNX Runtime
-with polygraphy. Re-running skips every graph whose inputs (weights, config, exporter
+1e-4 relative), the FP16 safety check (``fp16_check``: the nodes kept FP32), the FP16 graph
+``<graph>.fp16.onnx`` with those nodes as FP32 islands (``fp16_graph``), checked against the
+FP32 graph in ONNX Runtime on the CPU with the engine tolerance, then — with TensorRT — an
+engine built strongly typed from the FP16 graph (TensorRT 10 and 11; ``--trt-typing weak``:
+TensorRT 10's FP16 flag with FP32 pins), compared against ONNX Runtime with polygraphy. Re-running skips every graph whose inputs (weights, config, exporter
 version, opset; for engines also TensorRT version and GPU) are unchanged and whose files
 still match their checksums. The manifest is written last, atomically, and the finished
 directory is verified with ``rewas_rt.manifest.verify`` — the runtime's own check.
@@ -36,7 +38,7 @@ from rewas_rt import manifest as M
 from rewas_rt.errors import RewasError
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
 
-ENGINE_BUILD_VERSION = 1  # bump when tensorrt_build changes what it builds
+ENGINE_BUILD_VERSION = 2  # bump when tensorrt_build changes what it builds
 
 
 class BuildError(RuntimeError):
@@ -134,22 +136,75 @@ def _export_graph(source, g: str, out: Path, args) -> tuple[dict, str]:
     return entry, msg
 
 
+def _remove_fp16_graph(out: Path, g: str) -> None:
+    from export.fp16_graph import fp16_name
+
+    for name in (fp16_name(g), fp16_name(g) + ".data"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _fp16_graph(entry: dict, g: str, source, out: Path, prev: dict | None, args) -> tuple[dict | None, str]:
+    """``<graph>.fp16.onnx`` with the FP32 islands, checked against the FP32 graph on the CPU (None without
+    an FP16 check: there is no list of nodes to keep)."""
+    from export import export_onnx as E
+    from export import fp16_graph as F
+
+    if entry["fp16_check"] is None:
+        _remove_fp16_graph(out, g)
+        return None, "no FP16 graph (no FP16 check)"
+    fp = _fingerprint({"onnx": entry["onnx"]["sha256"], "data": (entry["external_data"] or {}).get("sha256"),
+                       "fp32_layers": entry["fp32_layers"], "converter": F.CONVERTER, "tolerance": args.engine_tolerance})
+    old = (prev or {}).get("fp16_onnx")
+    if not args.force and old and old.get("fingerprint") == fp and _files_intact(out, old["onnx"], old["external_data"]):
+        return old, "FP16 graph unchanged"
+    spec = source.spec(g)
+    dst = out / F.fp16_name(g)
+    try:
+        info = F.convert(out / entry["onnx"]["path"], dst, entry["fp32_layers"])
+    except F.Fp16GraphError as e:
+        raise BuildError(str(e)) from None
+    feeds = [E.sample_inputs(spec, source.configs, b, E.PARITY_TEXT_LEN, seed=args.seed + 4 + b)
+             for b in sorted({DYNAMIC_AXES["batch"][1], 2})]
+    cmp = F.check(out / entry["onnx"]["path"], dst, feeds, rtol=args.engine_tolerance)
+    if not cmp["ok"]:
+        raise BuildError(f"{g}: the FP16 graph differs from the FP32 graph in ONNX Runtime: max abs {cmp['max_abs']:.3e}, "
+                         f"max|ref| {cmp['max_ref']:.3e}, rel {cmp['rel']:.2e} > {cmp['tolerance']:g} "
+                         f"(try a larger --headroom to keep more nodes in FP32)")
+    data = dst.name + ".data"
+    res = {"onnx": M.file_entry(out, dst.name),
+           "external_data": M.file_entry(out, data) if info["external_data"] else None,
+           "precision": "fp16", **info, "parity_vs_fp32": cmp, "fingerprint": fp}
+    return res, f"FP16 graph vs FP32 rel {cmp['rel']:.1e}"
+
+
 def _engine(entry: dict, g: str, source, out: Path, trt: Mapping[str, str], prev: dict | None, args) -> tuple[dict, str]:
     from export import export_onnx as E
     from export import tensorrt_build as TB
 
     spec = source.spec(g)
+    typing = args.trt_typing
+    if typing not in TB.typing_modes(trt["version"]):
+        raise BuildError(f"TensorRT {trt['version']} has no {typing}ly typed networks (supported: "
+                         f"{', '.join(TB.typing_modes(trt['version'])) or 'none'}); use --trt-typing strong")
+    fp16 = entry.get("fp16_onnx")
+    if typing == "strong" and fp16 is not None:
+        src, graph_precision = fp16["onnx"], "fp16"
+    else:  # weak typing reads the FP32 graph; strong typing without an FP16 graph builds FP32
+        src, graph_precision = entry["onnx"], "fp32"
     fp = _fingerprint({
-        "onnx": entry["onnx"]["sha256"], "data": (entry["external_data"] or {}).get("sha256"),
+        "onnx": src["sha256"], "data": (entry["external_data"] or {}).get("sha256"),
         "fp32_layers": entry["fp32_layers"], "tensorrt": trt["version"], "cc": trt["compute_capability"],
         "profiles": {k: list(v) for k, v in DYNAMIC_AXES.items()}, "build_version": ENGINE_BUILD_VERSION,
+        "typing": typing,
     })
     old = (prev or {}).get("engine")
     if not args.force and old and old.get("fingerprint") == fp and _files_intact(out, old):
         return old, "engine unchanged"
     plan = out / f"{g}.plan"
-    info = TB.build_engine(out / entry["onnx"]["path"], spec, plan, fp32_layers=entry["fp32_layers"],
-                           timing_cache=out / TB.TIMING_CACHE_NAME, workspace_gib=args.workspace_gib)
+    info = TB.build_engine(out / src["path"], spec, plan, typing=typing, graph_precision=graph_precision,
+                           fp32_layers=entry["fp32_layers"],
+                           timing_cache=out / TB.timing_cache_name(trt["version"], trt["compute_capability"]),
+                           workspace_gib=args.workspace_gib)
     feeds = [E.sample_inputs(spec, source.configs, b, E.PARITY_TEXT_LEN, seed=args.seed + 4 + b)
              for b in sorted({DYNAMIC_AXES["batch"][1], 2})]
     cmp = TB.compare_engine(out / entry["onnx"]["path"], plan, feeds, rtol=args.engine_tolerance)
@@ -159,7 +214,7 @@ def _engine(entry: dict, g: str, source, out: Path, trt: Mapping[str, str], prev
     eng = {**M.file_entry(out, plan.name), **info, "tensorrt_version": trt["version"],
            "compute_capability": trt["compute_capability"], "gpu": trt["gpu"], "parity_vs_onnxruntime": cmp,
            "fingerprint": fp}
-    return eng, f"engine {info['build_seconds']:.0f}s, vs ORT rel {cmp['rel']:.1e}"
+    return eng, f"{info['precision']} engine ({typing}ly typed) {info['build_seconds']:.0f}s, vs ORT rel {cmp['rel']:.1e}"
 
 
 def build(args) -> Path:
@@ -191,6 +246,8 @@ def build(args) -> Path:
             entry, msg = dict(old), "unchanged, skipped"
         else:
             entry, msg = _export_graph(source, g, out, args)
+        entry["fp16_onnx"], fmsg = _fp16_graph(entry, g, source, out, old if reused else None, args)
+        msg += f"; {fmsg}"
         if trt is not None:
             entry["engine"], emsg = _engine(entry, g, source, out, trt, old, args)
             msg += f"; {emsg}"
@@ -236,7 +293,7 @@ def build(args) -> Path:
     M.verify(out, backend="onnx")
     if trt is not None:
         M.verify(out, backend="tensorrt", tensorrt=trt)
-    kind = "ONNX + TensorRT FP16" if trt is not None else "ONNX"
+    kind = "ONNX (FP32 + FP16) + TensorRT" if trt is not None else "ONNX (FP32 + FP16)"
     print(f"wrote {kind} engine directory {out} ({time.perf_counter() - t_start:.0f}s), verified", flush=True)
     return out
 
@@ -269,6 +326,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--tolerance", type=float, default=1e-4, help="ONNX vs PyTorch, relative to max|output|")
     p.add_argument("--engine-tolerance", type=float, default=2e-2, help="TensorRT FP16 vs ONNX Runtime, relative")
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder workspace limit")
+    p.add_argument("--trt-typing", choices=("strong", "weak"), default="strong",
+                   help="strong (default; TensorRT 10 and 11): engines from the FP16 graphs; weak (TensorRT 10 only): "
+                        "the FP32 graphs with the FP16 flag and FP32 pins")
     r = p.add_argument_group("the released model (export/release.py)")
     r.add_argument("--release", action="store_true",
                    help="download the released files that are missing, import them, build (see README)")

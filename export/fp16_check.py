@@ -162,8 +162,10 @@ def _analyse(path: Path):
 
 
 def _node_name(g: _Graph, i: int) -> str:
-    n = g.model.graph.node[i]
-    return n.name or f"{n.op_type}_{i}"
+    """The node's name as TensorRT's ONNX parser reports it (``node_of_<output>`` when unnamed)."""
+    from export.fp16_graph import parser_node_name
+
+    return parser_node_name(g.model.graph.node[i])
 
 
 def _build(g: _Graph, keep_fp32: set[int] | None, stats: str):

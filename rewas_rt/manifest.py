@@ -165,6 +165,9 @@ _GRAPH = {
 _FILE = {"path": str, "bytes": int, "sha256": str}
 _ENGINE = {**_FILE, "precision": str, "fp32_layers": list, "tensorrt_version": str, "compute_capability": str,
            "gpu": str, "fingerprint": str}
+# Optional graph key "fp16_onnx" (absent or null in directories built without it): <graph>.fp16.onnx,
+# the graph in FP16 with its fp32_layers kept FP32, checked against the FP32 graph on the CPU.
+_FP16_ONNX = {"onnx": dict, "external_data": (dict, type(None)), "precision": str, "parity_vs_fp32": dict}
 _TOKENIZER = {**_FILE, "unconditional_ids": list, "pad_id": int, "max_tokens": int, "vocab_size": int}
 _SCHEDULER = {"betas": list, "alphas_cumprod": list, "default_steps": int, "eta": (int, float),
               "guidance": (int, float)}
@@ -212,6 +215,12 @@ def schema_problems(m: Any) -> list[str]:
                 _check_keys(f"graphs.{name}.external_data", g["external_data"], _FILE, problems)
             if isinstance(g.get("engine"), dict):
                 _check_keys(f"graphs.{name}.engine", g["engine"], _ENGINE, problems)
+            if g.get("fp16_onnx") is not None:  # optional: the FP16 graph with FP32 islands
+                if _check_keys(f"graphs.{name}.fp16_onnx", g["fp16_onnx"], _FP16_ONNX, problems):
+                    _check_keys(f"graphs.{name}.fp16_onnx.onnx", g["fp16_onnx"].get("onnx"), _FILE, problems)
+                    if isinstance(g["fp16_onnx"].get("external_data"), dict):
+                        _check_keys(f"graphs.{name}.fp16_onnx.external_data", g["fp16_onnx"]["external_data"], _FILE,
+                                    problems)
     if isinstance(m.get("tokenizer"), dict):
         _check_keys("tokenizer", m["tokenizer"], _TOKENIZER, problems)
     if isinstance(m.get("scheduler"), dict):
@@ -316,6 +325,8 @@ def verify(
             problems += _file_problems(root, f"graph {name}", g["onnx"], checksums)
             if g["external_data"] is not None:
                 problems += _file_problems(root, f"graph {name} external data", g["external_data"], checksums)
+            for key, entry in _fp16_files(g):
+                problems += _file_problems(root, f"graph {name} FP16 {key}", entry, checksums)
         problems += _file_problems(root, "tokenizer", m["tokenizer"], checksums)
     if not problems and backend == "tensorrt":
         target = dict(tensorrt) if tensorrt is not None else detect_tensorrt()
@@ -340,6 +351,14 @@ def verify(
     return m
 
 
+def _fp16_files(g: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(kind, file entry) of a graph's optional FP16 variant."""
+    f = g.get("fp16_onnx")
+    if not f:
+        return []
+    return [("onnx", f["onnx"])] + ([("external data", f["external_data"])] if f.get("external_data") else [])
+
+
 # --------------------------------------------------------------------------- runtime view
 
 
@@ -350,6 +369,16 @@ class GraphFiles:
     external_data: Path | None
     plan: Path | None
     entry: Mapping[str, Any]  # the manifest's graph entry (inputs, outputs, fp32_layers, ...)
+    onnx_fp16: Path | None = None  # <graph>.fp16.onnx: FP16 with FP32 islands (directories built since issue 15)
+
+    def files(self) -> dict[str, Path]:
+        """What ``Backend.open`` takes: {"onnx", and "onnx_fp16" / "plan" when the directory has them}."""
+        out = {"onnx": self.onnx}
+        if self.onnx_fp16 is not None:
+            out["onnx_fp16"] = self.onnx_fp16
+        if self.plan is not None:
+            out["plan"] = self.plan
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,8 +393,10 @@ class EngineDirectory:
         g = self.manifest["graphs"][name]
         ext = g["external_data"]
         eng = g["engine"]
+        fp16 = g.get("fp16_onnx")
         return GraphFiles(name, self.root / g["onnx"]["path"], self.root / ext["path"] if ext else None,
-                          self.root / eng["path"] if eng else None, g)
+                          self.root / eng["path"] if eng else None, g,
+                          self.root / fp16["onnx"]["path"] if fp16 else None)
 
     @property
     def tokenizer_path(self) -> Path:
@@ -420,12 +451,30 @@ def _compute_capability_cuda() -> tuple[str, str] | None:
         return None
 
 
+def _visible_gpu() -> str | None:
+    """The device CUDA calls 0, as ``nvidia-smi --id`` names it: "0" without
+    ``CUDA_VISIBLE_DEVICES``, else its first entry (an index, ``GPU-<uuid>`` or ``MIG-<uuid>``);
+    None when the variable hides every GPU (empty, or a first entry CUDA rejects, e.g. -1)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return "0"
+    first = value.split(",")[0].strip()
+    if first.isdigit() or first.startswith(("GPU-", "MIG-")):
+        # An index counts in CUDA's order, nvidia-smi's is the PCI bus order; they agree with
+        # CUDA_DEVICE_ORDER=PCI_BUS_ID (and on machines whose GPUs are all of one kind).
+        return first
+    return None
+
+
 def _compute_capability_smi() -> tuple[str, str] | None:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
+    gpu = _visible_gpu()
+    if gpu is None:
+        return None
     try:
-        out = subprocess.run([exe, "--query-gpu=compute_cap,name", "--format=csv,noheader"],
+        out = subprocess.run([exe, f"--id={gpu}", "--query-gpu=compute_cap,name", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         return None
@@ -449,6 +498,21 @@ def detect_tensorrt() -> dict[str, str] | None:
     return {"version": str(tensorrt.__version__), "compute_capability": gpu[0], "gpu": gpu[1]}
 
 
+def plan_mismatch(m: Mapping[str, Any], target: Mapping[str, str]) -> str | None:
+    """Why the directory's TensorRT engines cannot run on ``target`` ({"version", "compute_capability"}),
+    or None when every graph has an engine built for it."""
+    for name, g in m.get("graphs", {}).items():
+        e = g.get("engine") if isinstance(g, Mapping) else None
+        if not e:
+            return f"graph {name} has no TensorRT engine"
+        if (e.get("tensorrt_version"), e.get("compute_capability")) != (target.get("version"),
+                                                                        target.get("compute_capability")):
+            return (f"the engines were built with TensorRT {e.get('tensorrt_version')} for compute capability "
+                    f"{e.get('compute_capability')}, this machine has TensorRT {target.get('version')} and compute "
+                    f"capability {target.get('compute_capability')}")
+    return None
+
+
 def iter_files(m: Mapping[str, Any]) -> Iterable[str]:
     """Relative paths of every file a manifest lists (for copying or packaging a directory)."""
     for g in m["graphs"].values():
@@ -457,5 +521,7 @@ def iter_files(m: Mapping[str, Any]) -> Iterable[str]:
             yield g["external_data"]["path"]
         if g["engine"]:
             yield g["engine"]["path"]
+        for _, entry in _fp16_files(g):
+            yield entry["path"]
     yield m["tokenizer"]["path"]
     yield MANIFEST_NAME

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from rewas_rt import constants as C
-from rewas_rt.backends import Engine, select_backend
+from rewas_rt.backends import Backend, Engine, select_backend
 from rewas_rt.ddim import make_schedule, sample
 from rewas_rt.energy import energy_from_phi
 from rewas_rt.energy_control import EnergyEdit
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
 from rewas_rt.latent import scaled_latent
-from rewas_rt.manifest import open_engine_dir
+from rewas_rt.manifest import open_engine_dir, plan_mismatch
 from rewas_rt.tokenizer import PromptTokenizer
 from rewas_rt.video import normalize, segments
 
@@ -87,10 +87,16 @@ class Timings(dict):
 
 
 class Pipeline:
-    def __init__(self, engine_dir: str | Path, backend: str | None = None, threads: int | None = None,
+    def __init__(self, engine_dir: str | Path, backend: str | Backend | None = None, threads: int | None = None,
                  checksums: bool = True):
-        plans = open_engine_dir(engine_dir, backend="onnx", checksums=False).has_engines
-        self.backend = select_backend(backend, has_plans=plans, threads=threads)
+        """backend: a name (or None / "auto": the automatic choice), or a ``Backend`` object
+        (e.g. ``OnnxRuntimeBackend("cpu", precision="fp16")`` to run the FP16 graphs)."""
+        listed = open_engine_dir(engine_dir, backend="onnx", checksums=False)
+        if isinstance(backend, Backend):
+            self.backend = backend
+        else:
+            self.backend = select_backend(backend, has_plans=listed.has_engines, threads=threads,
+                                          plans_for=lambda target: plan_mismatch(listed.manifest, target))
         is_trt = self.backend.name == "tensorrt"
         self.dir = open_engine_dir(engine_dir, backend="tensorrt" if is_trt else "onnx", checksums=checksums,
                                    tensorrt=self.backend.target() if is_trt else None)
@@ -102,10 +108,9 @@ class Pipeline:
     def engine(self, graph: str) -> Engine:
         if graph not in self._engines:
             files = self.dir.graph(graph)
-            paths = {"onnx": files.onnx, **({"plan": files.plan} if files.plan else {})}
             spec = GRAPHS[graph].resolved(feature_dim=self.dir.feature_dim)
             with self.timings.stage(f"load {graph}"):
-                self._engines[graph] = self.backend.open(graph, paths, spec)
+                self._engines[graph] = self.backend.open(graph, files.files(), spec, info=files.entry)
         return self._engines[graph]
 
     def _run(self, graph: str, **feeds: np.ndarray) -> np.ndarray:

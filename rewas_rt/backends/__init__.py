@@ -1,7 +1,9 @@
 """Engine backends (DESIGN.md §4) and the choice between them.
 
 Automatic choice, fastest first: native TensorRT when the engine directory has
-``.plan`` engines and TensorRT and a GPU are here; else ONNX Runtime with the
+``.plan`` engines built for this TensorRT version and GPU and TensorRT and a GPU are
+here (plans for another TensorRT/GPU are skipped, with the reason, not chosen and then
+failed on); else ONNX Runtime with the
 TensorRT, then the CUDA execution provider when they really work here (not
 merely listed: see ``onnxruntime.py``); else ONNX Runtime on the CPU.
 ``--backend NAME`` overrides it. The choice is logged on the ``rewas_rt`` logger.
@@ -9,6 +11,7 @@ merely listed: see ``onnxruntime.py``); else ONNX Runtime on the CPU.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 
 from rewas_rt.backends.base import Backend, BackendError, Engine, rebuild_hint
 from rewas_rt.backends.onnxruntime import OnnxRuntimeBackend
@@ -36,10 +39,14 @@ def backend_status() -> dict[str, tuple[bool, str]]:
     return {name: create_backend(name).available() for name in BACKEND_NAMES}
 
 
-def select_backend(requested: str | None, has_plans: bool, *, threads: int | None = None) -> Backend:
+def select_backend(requested: str | None, has_plans: bool, *, threads: int | None = None,
+                   plans_for: Callable[[Mapping[str, str]], str | None] | None = None) -> Backend:
     """The backend to run with: ``requested`` by name, or the automatic choice for None / "auto".
 
-    has_plans: the engine directory holds TensorRT ``.plan`` engines.
+    has_plans: the engine directory holds TensorRT ``.plan`` engines. plans_for: given the
+    TensorRT backend's target ({"version", "compute_capability", "gpu"}), why those engines
+    cannot run there, or None when they can (``manifest.plan_mismatch``); without it, plans
+    are assumed to match.
     Raises BackendError for an unknown or unavailable backend, with the reason.
     """
     if requested not in (None, "auto"):
@@ -61,10 +68,14 @@ def select_backend(requested: str | None, has_plans: bool, *, threads: int | Non
             continue
         backend = create_backend(name, threads=threads)
         ok, reason = backend.available()
+        if ok and name == "tensorrt" and plans_for is not None:
+            mismatch = plans_for(backend.target())
+            if mismatch is not None:
+                ok, reason = False, f"{mismatch} (rebuild the engines on this machine to use them)"
         if ok:
             log.info("backend: %s (automatic; %s)", name, reason)
             for line in skipped:
-                log.debug("backend not chosen: %s", line)
+                log.info("backend not chosen: %s", line)
             return backend
         skipped.append(f"{name}: {reason}")
     raise BackendError("no backend is available: " + "; ".join(skipped))

@@ -68,11 +68,14 @@ class Backend(abc.ABC):
         """(usable here, why / why not) — the reason is one line meant for users."""
 
     @abc.abstractmethod
-    def open(self, graph: str, files: Mapping[str, str | os.PathLike], spec: GraphSpec) -> Engine:
-        """Load ``graph`` from ``files`` ({"onnx": path, optionally "plan": path}).
+    def open(self, graph: str, files: Mapping[str, str | os.PathLike], spec: GraphSpec,
+             info: Mapping[str, Any] | None = None) -> Engine:
+        """Load ``graph`` from ``files`` ({"onnx": path, optionally "onnx_fp16" and "plan": paths},
+        ``GraphFiles.files()``).
 
         ``spec`` must be resolved (``GRAPHS[graph].resolved(...)``): its shapes
-        hold ints and dynamic-axis names only.
+        hold ints and dynamic-axis names only. ``info``: the manifest's graph entry when
+        known (checksums, FP32 nodes), which a backend may use to key caches or pick a precision.
         """
 
 

@@ -9,14 +9,19 @@ is checked: the provider asked for must come first in ``get_providers()``.
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rewas_rt.backends.base import Backend, BackendError, Engine, check_model_io, rebuild_hint, require_file
 from rewas_rt.graphs import GraphSpec
+
+log = logging.getLogger("rewas_rt")
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -68,11 +73,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rewas-rt" / "onnxruntime-tensorrt"
 
 
+PRECISIONS = ("auto", "fp32", "fp16")
+
+
 class OnnxRuntimeBackend(Backend):
     """``onnxruntime-cpu``, ``onnxruntime-cuda`` or ``onnxruntime-tensorrt``.
 
     threads: intra-op threads (default: physical cores). device_id: the GPU.
-    fp16 / cache_dir: TensorRT provider only (FP16 kernels; engine + timing cache).
+    precision: which graph runs — "fp32" (``<graph>.onnx``), "fp16" (``<graph>.fp16.onnx``:
+    FP16 with the FP32 islands the export found; an error where the directory has none),
+    "auto" (default): FP16 on a GPU provider when the directory has the FP16 graph, else FP32.
+    The precision lives in the graph: the TensorRT provider's ``trt_fp16_enable`` (FP16 for
+    every layer, FP32 pins ignored) is set only for an FP32 graph whose manifest lists no
+    FP32 nodes, and only under "auto".
+    cache_dir: TensorRT provider only (engine + timing cache, keyed per graph content).
     io_binding: bind inputs/outputs explicitly (outputs allocated on the
     provider's device, then copied back) instead of ``session.run``.
     """
@@ -83,43 +97,79 @@ class OnnxRuntimeBackend(Backend):
         *,
         threads: int | None = None,
         device_id: int = 0,
-        fp16: bool = True,
+        precision: str = "auto",
         cache_dir: str | os.PathLike | None = None,
         io_binding: bool = False,
     ):
         if device not in PROVIDERS:
             raise ValueError(f"device must be one of {sorted(PROVIDERS)}, not {device!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.device = device
         self.name = f"onnxruntime-{device}"
         self.provider = PROVIDERS[device]
         self.threads = threads or physical_cores()
         self.device_id = device_id
-        self.fp16 = fp16
+        self.precision = precision
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.io_binding = io_binding
 
     def available(self) -> tuple[bool, str]:
         return _probe(self.device, self.device_id)
 
-    def open(self, graph: str, files: Mapping[str, str | os.PathLike], spec: GraphSpec) -> Engine:
-        path = require_file(files, "onnx", graph)
+    def graph_file(self, graph: str, files: Mapping[str, str | os.PathLike]) -> tuple[str, str]:
+        """(path, "fp16" | "fp32") of the graph this backend runs."""
+        want = self.precision
+        if want == "auto":
+            want = "fp16" if self.device != "cpu" and files.get("onnx_fp16") is not None else "fp32"
+        if want == "fp16":
+            if files.get("onnx_fp16") is None:
+                raise BackendError(f"graph {graph}: the engine directory has no FP16 graph ({graph}.fp16.onnx); "
+                                   f"{rebuild_hint(next(iter(files.values()), None))}")
+            return require_file(files, "onnx_fp16", graph), "fp16"
+        return require_file(files, "onnx", graph), "fp32"
+
+    def open(self, graph: str, files: Mapping[str, str | os.PathLike], spec: GraphSpec,
+             info: Mapping[str, Any] | None = None) -> Engine:
+        path, precision = self.graph_file(graph, files)
+        trt_fp16 = (self.device == "tensorrt" and self.precision == "auto" and precision == "fp32"
+                    and info is not None and not info.get("fp32_layers"))
         ort = _import_ort()
+        options = self._session_options(ort)
+        providers = self._providers(spec, cache_key=_cache_key(graph, path, info), trt_fp16=trt_fp16)
         try:
-            session = ort.InferenceSession(path, sess_options=self._session_options(ort), providers=self._providers(spec))
+            session = ort.InferenceSession(path, sess_options=options, providers=providers)
         except _ort_errors(ort) as e:
-            why = _first_line(e)
-            raise BackendError(f"graph {graph}: onnxruntime cannot load {path}: {why}; {rebuild_hint(path)}") from e
-        providers = session.get_providers()
-        if providers[0] != self.provider:
+            if self.device != "tensorrt" or "profile" not in str(e).lower():
+                raise BackendError(f"graph {graph}: onnxruntime cannot load {path}: {_first_line(e)}; "
+                                   f"{rebuild_hint(path)}") from e
+            # Explicit trt_profile_* shapes must name every dynamic input of every TensorRT subgraph;
+            # when ORT splits the graph (a node TensorRT cannot run), session creation fails with
+            # "User needs to provide all the dynamic shape inputs with associated profiles ..."
+            # (onnxruntime PR #17007). Then let ORT build profiles from the shapes it sees.
+            log.warning("graph %s: the TensorRT provider refused the explicit profiles (%s); falling back to "
+                        "implicit profiles (an engine rebuild whenever a new input shape range appears)",
+                        graph, _first_line(e))
+            providers = self._providers(spec, cache_key=_cache_key(graph, path, info), trt_fp16=trt_fp16,
+                                        explicit_profiles=False)
+            try:
+                session = ort.InferenceSession(path, sess_options=self._session_options(ort), providers=providers)
+            except _ort_errors(ort) as e2:
+                raise BackendError(f"graph {graph}: onnxruntime cannot load {path}: {_first_line(e2)}; "
+                                   f"{rebuild_hint(path)}") from e2
+        used = session.get_providers()
+        if used[0] != self.provider:
             raise BackendError(
-                f"graph {graph}: onnxruntime could not start {self.provider} and would run on {providers[0]}; "
+                f"graph {graph}: onnxruntime could not start {self.provider} and would run on {used[0]}; "
                 f"choose another --backend (see `rewas-rt info`)"
             )
         check_model_io(spec, _io(session.get_inputs()), _io(session.get_outputs()), source=path)
         metadata = {
             "backend": self.name,
-            "providers": providers,
-            "precision": "fp16" if self.device == "tensorrt" and self.fp16 else "fp32",
+            "providers": used,
+            "precision": "fp16 (whole graph, trt_fp16_enable)" if trt_fp16 else (
+                "fp16 graph with FP32 islands" if precision == "fp16" else "fp32"),
+            "graph": os.path.basename(path),
             "device": "cpu" if self.device == "cpu" else f"cuda:{self.device_id}",
             "threads": self.threads,
             "onnxruntime": ort.__version__,
@@ -133,35 +183,67 @@ class OnnxRuntimeBackend(Backend):
         options.intra_op_num_threads = self.threads
         return options
 
-    def _providers(self, spec: GraphSpec) -> list:
+    def _providers(self, spec: GraphSpec, *, cache_key: str = "default", trt_fp16: bool = False,
+                   explicit_profiles: bool = True) -> list:
         cpu = ("CPUExecutionProvider", {})
         cuda = ("CUDAExecutionProvider", {"device_id": self.device_id})
         if self.device == "cpu":
             return [cpu]
         if self.device == "cuda":
             return [cuda, cpu]
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        profile = [spec.profile(t) for t in spec.inputs]
-
-        def shapes(k: int) -> str:  # "name:1x8x128x16,name2:..." for min (0) / opt (1) / max (2)
-            return ",".join(f"{t.name}:{'x'.join(map(str, p[k]))}" for t, p in zip(spec.inputs, profile))
-
+        # ORT's engine cache key covers the graph's structure and the ORT/TensorRT versions, not
+        # its weights (ORT TensorRT EP docs: clean the cache when the model changes): a
+        # re-exported model with new weights would load the old engine. One folder per graph
+        # content (cache_key) makes that impossible.
+        cache = self.cache_dir / cache_key
+        cache.mkdir(parents=True, exist_ok=True)
         trt = {
             "device_id": self.device_id,
             # ORT reads option values as strings; "true"/"false" is the spelling its own docs use.
-            "trt_fp16_enable": "true" if self.fp16 else "false",
+            # trt_fp16_enable lets TensorRT run *every* layer in FP16 (weak typing, no pins): only
+            # for graphs without FP32 nodes; an FP16 graph carries its own types.
+            "trt_fp16_enable": "true" if trt_fp16 else "false",
             # Building engines for the full UNet takes minutes: cache them across runs.
             "trt_engine_cache_enable": "true",
-            "trt_engine_cache_path": str(self.cache_dir),
+            "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": "true",
-            "trt_timing_cache_path": str(self.cache_dir),
-            # One engine for the whole contract range instead of a rebuild per new shape.
-            "trt_profile_min_shapes": shapes(0),
-            "trt_profile_opt_shapes": shapes(1),
-            "trt_profile_max_shapes": shapes(2),
+            "trt_timing_cache_path": str(self.cache_dir),  # valid across models (per GPU + TensorRT version)
         }
+        if explicit_profiles:
+            profile = [spec.profile(t) for t in spec.inputs]
+
+            def shapes(k: int) -> str:  # "name:1x8x128x16,name2:..." for min (0) / opt (1) / max (2)
+                return ",".join(f"{t.name}:{'x'.join(map(str, p[k]))}" for t, p in zip(spec.inputs, profile))
+
+            # One engine for the whole contract range instead of a rebuild per new shape.
+            trt.update(trt_profile_min_shapes=shapes(0), trt_profile_opt_shapes=shapes(1),
+                       trt_profile_max_shapes=shapes(2))
         # CUDA then CPU run the nodes TensorRT does not support.
         return [("TensorrtExecutionProvider", trt), cuda, cpu]
+
+
+def _cache_key(graph: str, path: str, info: Mapping[str, Any] | None) -> str:
+    """A name for the content of a graph: the manifest's checksums of its files when known
+    (no re-hashing of a 3 GB UNet at each start), else a hash of the .onnx file and the size
+    and modification time of its external data."""
+    h = hashlib.sha256(graph.encode())
+    if info is not None:
+        for key in ("onnx", "external_data"):
+            if info.get(key):
+                h.update(str(info[key]["sha256"]).encode())
+        fp16 = info.get("fp16_onnx") or {}
+        for key in ("onnx", "external_data"):
+            if fp16.get(key):
+                h.update(str(fp16[key]["sha256"]).encode())
+        h.update(os.path.basename(path).encode())
+    else:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+        for data in Path(path).parent.glob(Path(path).name + ".data"):
+            st = data.stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return f"{graph}-{h.hexdigest()[:16]}"
 
 
 class OrtEngine(Engine):

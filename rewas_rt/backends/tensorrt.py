@@ -1,4 +1,4 @@
-"""Native TensorRT 10 engines (``.plan`` files built by ``export/build_engines.py``).
+"""Native TensorRT 10 and 11 engines (``.plan`` files built by ``export/build_engines.py``).
 
 CUDA memory, streams and graphs go through cuda-python's ``cuda.bindings.runtime``
 rather than polygraphy's ctypes wrapper: it is NVIDIA's maintained binding of the
@@ -40,7 +40,7 @@ def _imports():
     try:
         from cuda.bindings import runtime
     except ImportError as e:
-        raise BackendError("cuda-python is not installed: pip install 'rewas-rt[gpu]'") from e
+        raise BackendError("cuda-python 12.8+ is not installed (cuda.bindings): pip install 'rewas-rt[gpu]'") from e
     return tensorrt, runtime
 
 
@@ -55,18 +55,26 @@ def _call(cudart, what: str, result):
 
 @functools.lru_cache(maxsize=None)
 def _probe(device_id: int) -> tuple[bool, str, dict]:
-    """(usable, reason, target) where target describes what engines must be built for."""
+    """(usable, reason, target) where target describes what engines must be built for. Never raises:
+    cuda-python 12.6.x raises (RuntimeError/OSError) from its first call when the driver library
+    ``libcuda.so.1`` is missing instead of returning an error code (cf. NVIDIA/cudf#10653), which
+    means "no usable GPU" here, not a crash."""
     try:
         trt, cudart = _imports()
     except BackendError as e:
         return False, str(e), {}
-    err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess:
-        return False, f"no usable CUDA GPU ({cudart.cudaGetErrorString(err)[1].decode(errors='replace')})", {}
-    if device_id >= count:
-        return False, f"no CUDA GPU {device_id} ({count} found)", {}
-    prop = _call(cudart, "cudaGetDeviceProperties", cudart.cudaGetDeviceProperties(device_id))
-    gpu = prop.name.decode(errors="replace").rstrip("\x00")
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+        if err != cudart.cudaError_t.cudaSuccess:
+            return False, f"no usable CUDA GPU ({cudart.cudaGetErrorString(err)[1].decode(errors='replace')})", {}
+        if device_id >= count:
+            return False, f"no CUDA GPU {device_id} ({count} found)", {}
+        prop = _call(cudart, "cudaGetDeviceProperties", cudart.cudaGetDeviceProperties(device_id))
+    except BackendError as e:
+        return False, str(e), {}
+    except Exception as e:  # noqa: BLE001 - a missing/broken driver inside cuda-python: say why, do not raise
+        return False, f"CUDA is not usable here (no NVIDIA driver? {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", {}
+    gpu = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
     target = {"version": trt.__version__, "compute_capability": f"{prop.major}.{prop.minor}", "gpu": gpu}
     return True, f"TensorRT {trt.__version__} on {gpu} (compute capability {prop.major}.{prop.minor})", target
 
@@ -101,7 +109,8 @@ class TensorRTBackend(Backend):
             raise BackendError(f"backend tensorrt: {reason}")
         return dict(target)
 
-    def open(self, graph: str, files: Mapping[str, str | os.PathLike], spec: GraphSpec) -> Engine:
+    def open(self, graph: str, files: Mapping[str, str | os.PathLike], spec: GraphSpec,
+             info: Mapping | None = None) -> Engine:
         plan = require_file(files, "plan", graph)
         ok, reason = self.available()
         if not ok:
@@ -122,10 +131,11 @@ class TensorRTBackend(Backend):
             "backend": self.name,
             "tensorrt": trt.__version__,
             "device": f"cuda:{self.device_id} {target['gpu']} (compute capability {target['compute_capability']})",
-            "precision": "as built (see the manifest)",
+            "precision": _built_precision(info),
             "cuda_graph": graph in self.cuda_graphs,
         }
-        return TensorRTEngine(spec, engine, plan, metadata, trt, cudart, logger, use_cuda_graph=graph in self.cuda_graphs)
+        return TensorRTEngine(spec, engine, plan, metadata, trt, cudart, logger, use_cuda_graph=graph in self.cuda_graphs,
+                              device_id=self.device_id)
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,9 +165,14 @@ def _make_logger(trt):
 
 
 class TensorRTEngine(Engine):
-    def __init__(self, spec, engine, plan: str, metadata, trt, cudart, logger, *, use_cuda_graph: bool):
+    def __init__(self, spec, engine, plan: str, metadata, trt, cudart, logger, *, use_cuda_graph: bool,
+                 device_id: int = 0):
         super().__init__(spec, metadata)
         self._cudart = cudart
+        # The current CUDA device is per host thread (CUDA Runtime API, "Device Management":
+        # cudaSetDevice sets it for the calling thread only): every entry point sets it, so a
+        # server thread other than the one that opened the engine works on the right GPU.
+        self._device_id = device_id
         self._logger = logger  # collects TensorRT's error messages (see _make_logger)
         self._engine = engine
         self._buffers: dict[str, int] = {}
@@ -175,6 +190,7 @@ class TensorRTEngine(Engine):
             return {n: (dtypes[n], shapes[n]) for n in names if mode[n] == kind}
 
         check_model_io(spec, io(trt.TensorIOMode.INPUT), io(trt.TensorIOMode.OUTPUT), source=plan)
+        self._set_device()
         self._dtypes = {n: np.dtype(dtypes[n]) for n in names}  # the contract's, as just checked
 
         # (min, max) input shapes of optimisation profile 0, the only one the export builds.
@@ -198,7 +214,13 @@ class TensorRTEngine(Engine):
             if not self._context.set_tensor_address(name, ptr):
                 raise BackendError(f"graph {self.name}: TensorRT rejected the buffer of {name}")
 
+    def _set_device(self) -> None:
+        _call(self._cudart, "cudaSetDevice", self._cudart.cudaSetDevice(self._device_id))
+
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._cudart is None:
+            raise BackendError(f"graph {self.name}: the engine is closed")
+        self._set_device()
         cudart, stream = self._cudart, self._stream
         to_gpu, to_host = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         shapes = tuple(feeds[n].shape for n in self.input_names)
@@ -234,25 +256,58 @@ class TensorRTEngine(Engine):
             self._warm = True
 
     def _capture(self) -> None:
-        """Record one execute_async_v3 into a CUDA graph and launch it; on failure run without graphs."""
+        """Record one execute_async_v3 into a CUDA graph and launch it; on failure run without graphs.
+
+        CUDA Runtime API facts relied on ("Graph Management", "Stream Management"):
+        * thread-local capture mode: only this thread's unsafe calls (e.g. a cudaMalloc by
+          another request thread would otherwise invalidate *this* capture or fail itself
+          under global mode) are prohibited during the capture;
+        * a capture must always be ended (cudaStreamEndCapture), or the stream stays in
+          capture mode and every later call on it fails — hence ``finally``, also when
+          execute_async_v3 raises;
+        * cudaStreamEndCapture returns cudaErrorStreamCaptureInvalidated (and no graph)
+          when something broke the capture; a graph it does return is ours to destroy,
+          whether or not instantiation succeeds.
+        """
         cudart, stream = self._cudart, self._stream
         success = cudart.cudaError_t.cudaSuccess
-        (err,) = cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
-        if err == success:
-            enqueued = self._context.execute_async_v3(int(stream))
-            err, graph = cudart.cudaStreamEndCapture(stream)  # always end capture, or the stream stays unusable
-            if not enqueued:
-                err = "execute_async_v3 failed under capture"
-            elif err == success:
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        (err,) = cudart.cudaStreamBeginCapture(stream, mode)
+        why = None
+        graph = None
+        if err != success:
+            why = f"cudaStreamBeginCapture: {self._error_text(err)}"
+        else:
+            enqueued = False
+            try:
+                enqueued = self._context.execute_async_v3(int(stream))
+            finally:
+                err, graph = cudart.cudaStreamEndCapture(stream)  # always: the stream must leave capture mode
+                if err != success:
+                    why = f"cudaStreamEndCapture: {self._error_text(err)}"  # e.g. capture invalidated
+            if why is None and not enqueued:
+                why = "execute_async_v3 failed under capture"
+        try:
+            if why is None:
                 err, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
-                cudart.cudaGraphDestroy(graph)  # the executable graph does not need it
                 if err == success:
                     self._graph_exec = graph_exec
                     _call(cudart, "cudaGraphLaunch", cudart.cudaGraphLaunch(graph_exec, stream))
                     return
-        log.warning("graph %s: CUDA graph capture failed (%s); running it without CUDA graphs", self.name, err)
+                why = f"cudaGraphInstantiate: {self._error_text(err)}"
+        finally:
+            if graph is not None:
+                cudart.cudaGraphDestroy(graph)  # the executable graph (if any) does not need it
+        log.warning("graph %s: CUDA graph capture failed (%s); running it without CUDA graphs", self.name, why)
         self._use_graph = False
         self._enqueue()
+
+    def _error_text(self, err) -> str:
+        try:
+            _, text = self._cudart.cudaGetErrorString(err)
+            return text.decode(errors="replace")
+        except Exception:  # noqa: BLE001 - only for a message
+            return str(err)
 
     def _enqueue(self) -> None:
         self._logger.errors.clear()
@@ -287,10 +342,12 @@ class TensorRTEngine(Engine):
         if self._cudart is None:
             return
         cudart, self._cudart = self._cudart, None
+        cudart.cudaSetDevice(self._device_id)  # free on the engine's GPU, whichever thread closes
         if self._stream is not None:
             cudart.cudaStreamSynchronize(self._stream)
         if self._graph_exec is not None:
             cudart.cudaGraphExecDestroy(self._graph_exec)
+            self._graph_exec = None
         self._context = self._engine = None  # before the memory they point at goes
         for ptr in self._buffers.values():
             cudart.cudaFree(ptr)
@@ -299,6 +356,16 @@ class TensorRTEngine(Engine):
 
     def __del__(self):
         self.close()
+
+
+def _built_precision(info: Mapping | None) -> str:
+    """The manifest's word for what was built ("fp16": strongly typed from the FP16 graph, or the
+    FP16 flag with FP32 pins; "fp32"), with its typing."""
+    engine = (info or {}).get("engine")
+    if not isinstance(engine, Mapping):
+        return "as built (see the manifest)"
+    typing = engine.get("typing")
+    return f"{engine.get('precision')} ({typing}ly typed)" if typing else str(engine.get("precision"))
 
 
 def _dtype_name(trt, dtype) -> str:
