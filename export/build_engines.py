@@ -172,7 +172,7 @@ def _fp16_graph(entry: dict, g: str, source, out: Path, prev: dict | None, args)
                          f"(try a larger --headroom to keep more nodes in FP32)")
     data = dst.name + ".data"
     res = {"onnx": M.file_entry(out, dst.name),
-           "external_data": M.file_entry(out, data) if info["external_data"] else None,
+           "external_data": M.file_entry(out, data) if info["weights_in_data_file"] else None,
            "precision": "fp16", **info, "parity_vs_fp32": cmp, "fingerprint": fp}
     return res, f"FP16 graph vs FP32 rel {cmp['rel']:.1e}"
 

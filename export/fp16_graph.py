@@ -122,6 +122,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fp32_nodes: Iterable
             staged.unlink(missing_ok=True)
         model = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
                                                  op_block_list=[], node_block_list=want)
+        # The converter appends the input/output Casts at the end; ONNX (and TensorRT's parser)
+        # want nodes in topological order: ORT's own graph helper sorts them.
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        wrapped = OnnxModel(model)
+        wrapped.topological_sort()
+        model = wrapped.model
         model.producer_name = "rewas-rt export (fp16)"
         initializer_bytes = sum(t.ByteSize() for t in model.graph.initializer)
         big = (src_external or initializer_bytes >= EXTERNAL_DATA_BYTES) if external_data is None else external_data
@@ -154,7 +161,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fp32_nodes: Iterable
         "renamed_unnamed_nodes": renamed,
         "nodes": nodes,
         "casts": casts,
-        "external_data": big,
+        "weights_in_data_file": big,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 

@@ -257,7 +257,10 @@ def compare_runners(reference, candidate, feeds: Sequence[Mapping[str, np.ndarra
 
         SimpleCompareFunc = CompareFunc.simple
 
-    results = Comparator.run([reference, candidate], data_loader=list(feeds))
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):  # per-output statistics only on failure (we report our own)
+        results = Comparator.run([reference, candidate], data_loader=list(feeds))
     (_, ref_iters), (_, cand_iters) = list(results.items())
     scales: dict[str, float] = {}
     worst = {"max_abs": 0.0, "max_ref": 0.0, "rel": 0.0}
@@ -274,8 +277,9 @@ def compare_runners(reference, candidate, feeds: Sequence[Mapping[str, np.ndarra
             if rel >= worst["rel"]:
                 worst = {"max_abs": err, "max_ref": scale, "rel": rel}
     atol = {name: rtol * max(s, 1e-12) for name, s in scales.items()}
-    accuracy = Comparator.compare_accuracy(
-        results, compare_func=SimpleCompareFunc(atol=atol, rtol=0.0, check_error_stat="max"))
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):
+        accuracy = Comparator.compare_accuracy(
+            results, compare_func=SimpleCompareFunc(atol=atol, rtol=0.0, check_error_stat="max"))
     return {**worst, "tolerance": rtol, "ok": bool(accuracy) and worst["rel"] <= rtol, "iterations": len(feeds)}
 
 
