@@ -22,10 +22,11 @@ Unnamed nodes are first given the name TensorRT's ONNX parser gives them
 the name ``fp16_check`` reports, so that block list, TensorRT layer names and the
 manifest all agree.
 
-``check`` runs the FP16 graph and the FP32 graph in ONNX Runtime **on the CPU** (ORT
-inserts Casts to float around ops without an FP16 CPU kernel, so this is FP16 storage with
-mostly FP32 arithmetic — the same model ``fp16_check`` uses) through polygraphy's
-``Comparator`` with the engine comparison's tolerance (``tensorrt_build.ENGINE_RTOL``).
+``check`` runs the FP16 graph and the FP32 graph in ONNX Runtime **on the CPU** with graph
+optimisations off (ORT inserts Casts to float around each op without an FP16 CPU kernel, so
+this is FP16 storage of every tensor with mostly FP32 arithmetic — the model ``fp16_check``
+uses; optimisations would merge such ops into FP32 regions and hide overflows) through
+polygraphy's ``Comparator`` with the engine comparison's tolerance (``tensorrt_build.ENGINE_RTOL``).
 
 Standalone::
 
@@ -78,6 +79,33 @@ def name_unnamed_nodes(model) -> int:
     return count
 
 
+def _drop_fp16_roundtrips(wrapped) -> int:
+    """Rewire every Cast(to=float) reading a Cast(to=float16) of a float tensor to that float tensor;
+    prune the Casts left without consumers. Returns how many round trips were removed."""
+    from onnx import TensorProto
+
+    def cast_to(node):
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    producer = wrapped.output_name_to_node()
+    removed = 0
+    for node in wrapped.nodes():
+        if node.op_type != "Cast" or cast_to(node) != TensorProto.FLOAT:
+            continue
+        parent = producer.get(node.input[0])
+        if parent is None or parent.op_type != "Cast" or cast_to(parent) != TensorProto.FLOAT16:
+            continue
+        grand = producer.get(parent.input[0])
+        source_is_float = (grand is not None and grand.op_type == "Cast" and cast_to(grand) == TensorProto.FLOAT) or \
+            wrapped.get_dtype(parent.input[0]) == TensorProto.FLOAT
+        if source_is_float:
+            node.input[0] = parent.input[0]
+            removed += 1
+    if removed:
+        wrapped.prune_graph()
+    return removed
+
+
 def _uses_external_data(model) -> bool:
     from onnx.external_data_helper import uses_external_data
 
@@ -122,11 +150,17 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fp32_nodes: Iterable
             staged.unlink(missing_ok=True)
         model = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
                                                  op_block_list=[], node_block_list=want)
-        # The converter appends the input/output Casts at the end; ONNX (and TensorRT's parser)
-        # want nodes in topological order: ORT's own graph helper sorts them.
         from onnxruntime.transformers.onnx_model import OnnxModel
 
         wrapped = OnnxModel(model)
+        # Between two FP32 nodes the converter stores the tensor in FP16 (Cast to float16, Cast
+        # back): an overflowing tensor (the reason both nodes are FP32) becomes inf there. Drop
+        # those round trips — ORT's remove_cascaded_cast_nodes post-processing, restricted to
+        # Cast(float16) -> Cast(float) so that the graph's own Casts (e.g. float -> int -> float)
+        # are never merged.
+        roundtrips = _drop_fp16_roundtrips(wrapped)
+        # The converter appends the input/output Casts at the end; ONNX (and TensorRT's parser)
+        # want nodes in topological order: ORT's own graph helper sorts them.
         wrapped.topological_sort()
         model = wrapped.model
         model.producer_name = "rewas-rt export (fp16)"
@@ -137,6 +171,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fp32_nodes: Iterable
         if big:
             onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
+            big = (tmp / data_name).is_file()  # tensors under the threshold stay inline
         else:
             onnx.save_model(model, str(out))
         casts = sum(n.op_type == "Cast" for n in model.graph.node)
@@ -161,6 +196,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fp32_nodes: Iterable
         "renamed_unnamed_nodes": renamed,
         "nodes": nodes,
         "casts": casts,
+        "fp16_roundtrips_removed": roundtrips,
         "weights_in_data_file": big,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -170,14 +206,30 @@ def check(fp32_path: str | os.PathLike, fp16_path: str | os.PathLike, feeds: Seq
           rtol: float | None = None) -> dict[str, Any]:
     """FP16 graph vs FP32 graph in ONNX Runtime on the CPU, with polygraphy's Comparator and the
     engine comparison's tolerance: max |fp16 − fp32| <= rtol · max |fp32| for every output."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.onnxrt import OnnxrtRunner
 
     from export.tensorrt_build import ENGINE_RTOL, compare_runners
 
     rtol = ENGINE_RTOL if rtol is None else rtol
-    ref = OnnxrtRunner(SessionFromOnnx(str(fp32_path), providers=["cpu"]), name="onnxruntime-fp32")
-    cand = OnnxrtRunner(SessionFromOnnx(str(fp16_path), providers=["cpu"]), name="onnxruntime-fp16")
+    ref = OnnxrtRunner(_unoptimised_session(fp32_path), name="onnxruntime-fp32")
+    cand = OnnxrtRunner(_unoptimised_session(fp16_path), name="onnxruntime-fp16")
     return compare_runners(ref, cand, feeds, rtol)
+
+
+def _unoptimised_session(path: str | os.PathLike):
+    """A session factory for polygraphy's runner, graph optimisations off: with them on, ONNX
+    Runtime merges neighbouring FP16 nodes that lack an FP16 CPU kernel into one FP32 region
+    and drops the FP16 tensors between them — hiding exactly the overflow this check is for
+    (an all-FP16 graph that yields NaN unoptimised runs "fine" optimised)."""
+    def make():
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+    return make
 
 
 def graph_types(path: str | os.PathLike) -> dict[str, int]:
