@@ -573,7 +573,7 @@ def make_trt(version: str = "10.99.0", *, compute_capability: str = "9.0", cudar
     flags = {"TF32": _Flag("TF32", 7), "REFIT": _Flag("REFIT", 3)}
     net_flags = {}
     if major == 10:  # weak typing, deprecated in 10.12 and removed in 11
-        flags.update(FP16=_Flag("FP16", 0), INT8=_Flag("INT8", 1), OBEY_PRECISION_CONSTRAINTS=_Flag("OBEY", 11))
+        flags.update(FP16=_Flag("FP16", 0), INT8=_Flag("INT8", 1), OBEY_PRECISION_CONSTRAINTS=_Flag("OBEY_PRECISION_CONSTRAINTS", 11))
         net_flags.update(EXPLICIT_BATCH=_Flag("EXPLICIT_BATCH", 0), STRONGLY_TYPED=_Flag("STRONGLY_TYPED", 1))
     trt.BuilderFlag = types.SimpleNamespace(**flags)
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**net_flags)
