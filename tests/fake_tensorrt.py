@@ -28,7 +28,7 @@ They model only the behaviour the code relies on, as documented by NVIDIA, and t
 
 The runtime network is the tests' toy graph: ``y = x @ W + b`` and ``ids2 = 2 * ids`` with a
 dynamic batch axis; ``TEXT`` is a second one with a ``(batch, text_len)`` input and the
-contract's ``text_len`` profile range (2..77).
+contract's ``text_len`` profile range (2..512).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ import numpy as np
 W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
 B = np.array([1.0, -1.0, 0.5], dtype=np.float32)
 MAX_BATCH = 8
-TEXT_LEN = (2, 16, 77)  # rewas_rt.graphs.DYNAMIC_AXES["text_len"]
+TEXT_LEN = (2, 16, 512)  # rewas_rt.graphs.DYNAMIC_AXES["text_len"]
 
 SUCCESS = 0
 INVALID_DEVICE = 101
@@ -79,6 +79,7 @@ class FakeCudart:
         self.capturing: list | None = None  # the recorded work while a capture is open
         self.capture_modes: list[int] = []
         self.invalidate_next_capture = False
+        self.fail_instantiate = False
         self.launches = 0
         self.live_graphs = 0  # cudaGraph_t made by EndCapture, not yet destroyed
         self.live_graph_execs = 0
@@ -164,6 +165,8 @@ class FakeCudart:
         return SUCCESS, ("graph", list(work))
 
     def cudaGraphInstantiate(self, graph, flags):
+        if self.fail_instantiate:
+            return 1, None  # cudaErrorInvalidValue
         self.live_graph_execs += 1
         return SUCCESS, list(graph[1])
 
@@ -557,7 +560,7 @@ def make_trt(version: str = "10.99.0", *, compute_capability: str = "9.0", cudar
              plan_spec: dict = TOY):
     """A fake ``tensorrt`` module with the API surface of ``version``'s major release."""
     major = int(version.split(".")[0])
-    trt = types.SimpleNamespace()
+    trt = types.ModuleType("tensorrt")  # hashable, as the real module (the backend caches per module)
     trt.__version__ = version
     trt.MAJOR = major
     trt.GPU_CC = compute_capability.replace(".", "")

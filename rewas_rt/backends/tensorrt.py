@@ -273,21 +273,22 @@ class TensorRTEngine(Engine):
         success = cudart.cudaError_t.cudaSuccess
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         (err,) = cudart.cudaStreamBeginCapture(stream, mode)
-        why = None
-        graph = None
         if err != success:
-            why = f"cudaStreamBeginCapture: {self._error_text(err)}"
-        else:
-            enqueued = False
+            return self._no_capture(f"cudaStreamBeginCapture: {self._error_text(err)}")
+        graph = None
+        why = None
+        try:
             try:
                 enqueued = self._context.execute_async_v3(int(stream))
+            except BaseException:
+                self._use_graph = False  # do not try again: run plainly from now on
+                raise
             finally:
                 err, graph = cudart.cudaStreamEndCapture(stream)  # always: the stream must leave capture mode
                 if err != success:
-                    why = f"cudaStreamEndCapture: {self._error_text(err)}"  # e.g. capture invalidated
+                    graph, why = None, f"cudaStreamEndCapture: {self._error_text(err)}"  # e.g. capture invalidated
             if why is None and not enqueued:
                 why = "execute_async_v3 failed under capture"
-        try:
             if why is None:
                 err, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
                 if err == success:
@@ -298,6 +299,9 @@ class TensorRTEngine(Engine):
         finally:
             if graph is not None:
                 cudart.cudaGraphDestroy(graph)  # the executable graph (if any) does not need it
+        self._no_capture(why)
+
+    def _no_capture(self, why: str) -> None:
         log.warning("graph %s: CUDA graph capture failed (%s); running it without CUDA graphs", self.name, why)
         self._use_graph = False
         self._enqueue()
