@@ -40,7 +40,8 @@ def test_no_tensorrt_path_gives_a_complete_verified_directory(built):
     assert m["model"]["components"]["vae"]["config"]["scale_factor"] == m["vae"]["scale_factor"] == 1.25
     assert m["build_command"] == f"python export/build_engines.py --config tiny --random-weights --out {out}"
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([f"{g}.onnx" for g in GRAPHS] + ["manifest.json", "tokenizer.json"]), names
+    assert names == sorted([f"{g}.onnx" for g in GRAPHS] + [f"{g}.fp16.onnx" for g in GRAPHS]
+                           + ["manifest.json", "tokenizer.json"]), names
 
 
 def test_manifest_records_parity_and_fp16_analysis(built):
@@ -54,6 +55,40 @@ def test_manifest_records_parity_and_fp16_analysis(built):
     # The timestep embedding's sin/cos arguments (up to 999 rad) cannot be FP16.
     unet = m["graphs"]["unet_adapter"]["fp32_layers"]
     assert any(n.endswith("/Cos") for n in unet) and any(n.endswith("/Sin") for n in unet)
+
+
+def test_manifest_records_the_checked_fp16_graphs(built):
+    from export.fp16_graph import graph_types
+    from export.tensorrt_build import ENGINE_RTOL
+
+    out = built[0]
+    m = M.verify(out)  # checksums of the FP16 graphs included
+    assert set(M.iter_files(m)) >= {f"{g}.fp16.onnx" for g in GRAPHS}
+    for name, g in m["graphs"].items():
+        f = g["fp16_onnx"]
+        assert f["onnx"]["path"] == f"{name}.fp16.onnx" and f["precision"] == "fp16", name
+        assert f["parity_vs_fp32"]["ok"] and 0 < f["parity_vs_fp32"]["rel"] <= ENGINE_RTOL == f["parity_vs_fp32"]["tolerance"]
+        assert f["fp32_nodes"] == len(g["fp32_layers"]), name
+        io = onnx.load(str(out / f["onnx"]["path"]), load_external_data=False).graph
+        assert {v.type.tensor_type.elem_type for v in list(io.input) + list(io.output)} <= {1, 7}  # float32/int64: the contract
+    # The timestep embedding's Sin/Cos stay FP32 in the FP16 UNet; the rest is FP16.
+    types = graph_types(out / "unet_adapter.fp16.onnx")
+    unet = m["graphs"]["unet_adapter"]["fp32_layers"]
+    trig = [n for n in unet if n.endswith(("/Sin", "/Cos"))]
+    assert trig and all(types[n] == 1 for n in trig)
+    assert sum(t == 10 for t in types.values()) > 0.5 * len(types)
+
+
+def test_pipeline_on_fp16_graphs_stays_close_to_fp32(built):
+    """The whole tiny pipeline (ONNX Runtime, CPU) on the FP16 graphs vs the FP32 graphs: FP16 really
+    runs (the outputs differ) and stays finite; benchmarks/fp16_deviation.py reports longer runs."""
+    from benchmarks.fp16_deviation import measure
+
+    res = measure(built[0], steps=(2,), requests=1, threads=1)
+    assert res["precisions"] == {"fp32": ["fp32"], "fp16": ["fp16 graph with FP32 islands"]}
+    assert 0 < res["energy"]["rel"] < 2e-2  # two graphs of 2e-2 each, then smoothing
+    r = res["steps"]["2"]
+    assert r["finite"] and 0 < r["wave_rel_l2"] < 0.5, r
 
 
 def test_tokenizer_in_the_directory(built):
@@ -215,17 +250,23 @@ def test_tensorrt_engines_match_onnxruntime(built, tmp_path):
     m = M.verify(out, backend="tensorrt", tensorrt=TRT)
     for name, g in m["graphs"].items():
         e = g["engine"]
-        assert e["precision"] == "fp16" and e["parity_vs_onnxruntime"]["ok"], name
+        assert e["precision"] == "fp16" and e["typing"] == "strong" and e["parity_vs_onnxruntime"]["ok"], name
+        assert e["source_onnx"] == f"{name}.fp16.onnx", name
         assert (e["tensorrt_version"], e["compute_capability"]) == (TRT["version"], TRT["compute_capability"])
         assert e["fp32_layers"] == g["fp32_layers"] and not e["fp32_unmatched"], name
-    assert (out / "tensorrt.timing.cache").stat().st_size > 0
+    from export.tensorrt_build import timing_cache_name
+
+    assert (out / timing_cache_name(TRT["version"], TRT["compute_capability"])).stat().st_size > 0
 
 
 @needs_tensorrt
 def test_fp32_pins_reach_tensorrt_layers(built):
     import tensorrt as trt
 
-    from export.tensorrt_build import pin_fp32
+    from export.tensorrt_build import pin_fp32, typing_modes
+
+    if "weak" not in typing_modes(trt.__version__):
+        pytest.skip(f"TensorRT {trt.__version__} has no layer precisions (strongly typed only)")
 
     m = M.read_manifest(built[0])
     wanted = m["graphs"]["unet_adapter"]["fp32_layers"]

@@ -224,3 +224,21 @@ def test_detect_tensorrt_never_raises():
 def test_manifest_module_does_not_import_torch():
     code = "import sys, rewas_rt.manifest; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_optional_fp16_graph_is_checked_when_listed(tmp_path):
+    root = tmp_path / "e"
+    m = make_dir(root)
+    (root / "phi.fp16.onnx").write_bytes(b"fp16 graph")
+    m["graphs"]["phi"]["fp16_onnx"] = {"onnx": M.file_entry(root, "phi.fp16.onnx"), "external_data": None,
+                                       "precision": "fp16", "parity_vs_fp32": {"rel": 1e-3, "ok": True}}
+    M.write_manifest(root, m)
+    d = M.open_engine_dir(root)
+    assert d.graph("phi").onnx_fp16 == root / "phi.fp16.onnx" and d.graph("vae_decoder").onnx_fp16 is None
+    assert d.graph("phi").files() == {"onnx": root / "phi.onnx", "onnx_fp16": root / "phi.fp16.onnx"}
+    assert "phi.fp16.onnx" in set(M.iter_files(m))
+    (root / "phi.fp16.onnx").write_bytes(b"fp16 grapH")  # same size, other content
+    with pytest.raises(M.ManifestError, match=r"graph phi FP16 onnx: phi\.fp16\.onnx does not match its sha256"):
+        M.verify(root)
+    m["graphs"]["phi"]["fp16_onnx"]["precision"] = 16
+    assert M.schema_problems(m) == ["graphs.phi.fp16_onnx.precision has the wrong type (int)"]
