@@ -688,8 +688,11 @@ def ensure_engines(args) -> Path:
             (tok / "tokenizer.json").write_text(T.to_json(T.train_tiny(presets.TINY_VOCAB_SIZE)))
         if tok is not None:
             cmd += ["--tokenizer", str(tok)]
-    if detect_tensorrt() is None:
-        cmd.append("--no-fp16-check")  # only needed for TensorRT FP16 engines
+    from rewas_rt.backends import backend_status
+
+    gpu = any(ok for name, (ok, _) in backend_status().items() if name != "onnxruntime-cpu")
+    if detect_tensorrt() is None and not gpu:
+        cmd.append("--no-fp16-check")  # FP16 check + FP16 graphs: only the GPU backends run them
     print(f"building the engine directory (full size: ~10–15 min on 2 cores): {shlex.join(cmd)}", file=sys.stderr,
           flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=worker_env(args))  # the PyTorch parity checks suffer the same
