@@ -131,8 +131,11 @@ def _info(args: argparse.Namespace) -> int:
     m = d.manifest
     print(f"engines: {engines} (model {m.get('model', {}).get('name', '?')}, built {m.get('created', '?')})")
     for name, g in m["graphs"].items():
-        plan = g["engine"]["precision"] if g["engine"] else "no TensorRT engine"
-        print(f"  {name:13s} {g['onnx']['bytes'] / 2**20:9.1f} MiB onnx; {plan}")
+        e = g["engine"]
+        plan = (f"TensorRT {e['precision']}" + (f" ({e['typing']}ly typed)" if e.get("typing") else "")) if e \
+            else "no TensorRT engine"
+        fp16 = " + FP16 graph" if g.get("fp16_onnx") else ""
+        print(f"  {name:13s} {g['onnx']['bytes'] / 2**20:9.1f} MiB onnx{fp16}; {plan}")
     if m.get("model", {}).get("name") != "rewas-m":
         print(RELEASE_HINT)
     return 0
