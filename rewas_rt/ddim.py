@@ -13,8 +13,10 @@ from typing import Callable, Mapping
 import numpy as np
 
 from rewas_rt import constants as C
+from rewas_rt.guidance import Guided, Model, edm_sigma
 
-Model = Callable[[np.ndarray, np.ndarray, Mapping[str, np.ndarray]], np.ndarray]
+__all__ = ["DDIMSchedule", "Model", "NoiseSource", "ddim_step", "linear_schedule", "make_schedule", "sample"]
+
 NoiseSource = Callable[[int, tuple[int, ...]], np.ndarray]
 
 
@@ -110,6 +112,7 @@ def sample(
     guidance: float,
     noise_source: NoiseSource,
     callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Run the DDIM loop from x_T (B, …) and return the final latent (float32).
 
@@ -120,17 +123,15 @@ def sample(
     N(0, 1) noise for step = 0, 1, … in sampling order; it is called at every
     step, also when σ = 0 and at the last step, so a seeded generator advances as
     the original's RNG does. ``callback(step, x_prev, pred_x0)`` sees each step.
+    ``guidance_interval`` (σ_lo, σ_hi): guidance only at noise levels in that
+    range, single-branch calls (B rows, ``cond`` only) elsewhere (``rewas_rt.guidance``).
     """
-    if set(cond) != set(uncond):
-        raise ValueError(f"cond and uncond need the same names, got {sorted(cond)} and {sorted(uncond)}")
+    guided = Guided(model, cond, uncond, guidance, guidance_interval)
     x = np.asarray(x_T, dtype=np.float32)
-    batch = x.shape[0]
-    conditions = {name: np.concatenate([uncond[name], cond[name]], axis=0) for name in cond}
     for step, i in enumerate(range(schedule.steps - 1, -1, -1)):
-        t = np.full(2 * batch, schedule.timesteps[i], dtype=np.int64)
-        eps = model(np.concatenate([x, x], axis=0), t, conditions)
+        eps_u, eps_c = guided.branches(x, int(schedule.timesteps[i]), edm_sigma(schedule.alphas[i]))
         noise = noise_source(step, x.shape)
-        x, pred_x0 = ddim_step(x, eps[:batch], eps[batch:], i, schedule, guidance, noise)
+        x, pred_x0 = ddim_step(x, eps_u, eps_c, i, schedule, guidance, noise)
         if callback is not None:
             callback(step, x, pred_x0)
     return x
