@@ -12,6 +12,7 @@ from pathlib import Path
 from rewas_rt import __version__
 from rewas_rt import constants as C
 from rewas_rt.errors import OutputError, RewasError
+from rewas_rt.samplers import SAMPLERS
 
 DEFAULT_ENGINES = os.environ.get("REWAS_ENGINES", "engines")
 
@@ -50,6 +51,21 @@ def _numbered(path: Path, index: int, count: int) -> Path:
     return path if count == 1 else path.with_name(f"{path.stem}.{index}{path.suffix}")
 
 
+def _sampler_settings(args: argparse.Namespace, recommended: dict) -> dict:
+    """sampler, steps and guidance interval: the flags, else the engine directory's recommendation
+    (``scheduler.recommended`` in its manifest), else the sampler's default step count."""
+    from rewas_rt.samplers import DEFAULT_STEPS
+
+    sampler = args.sampler or recommended["sampler"]
+    steps = args.steps
+    if steps is None:
+        steps = recommended["steps"] if sampler == recommended["sampler"] else DEFAULT_STEPS[sampler]
+    interval = args.guidance_interval
+    if interval is None and args.sampler is None and recommended.get("guidance_interval"):
+        interval = tuple(recommended["guidance_interval"])
+    return {"sampler": sampler, "steps": steps, "guidance_interval": tuple(interval) if interval else None}
+
+
 def _infer(args: argparse.Namespace) -> int:
     from rewas_rt.audio import mux, write_wav
     from rewas_rt.energy_control import EnergyEdit, curve_from_audio, load_curve, plot_curve, pyplot, write_curve_csv
@@ -80,12 +96,13 @@ def _infer(args: argparse.Namespace) -> int:
     elif args.energy_from_audio:
         energy = curve_from_audio(args.energy_from_audio, start=args.start)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    _say(args, f"generating on {pipe.backend.name} with seed {seed}")
     options = GenerationOptions(
-        steps=args.steps, guidance=args.guidance, eta=args.eta, candidates=args.candidates,
+        **_sampler_settings(args, pipe.dir.recommended), guidance=args.guidance, eta=args.eta,
+        candidates=args.candidates,
         hint_from_mean=args.hint_mean,
         energy_edit=EnergyEdit(args.energy_scale, args.energy_offset, *(args.energy_clip or (None, None))),
     )
+    _say(args, f"generating on {pipe.backend.name} with seed {seed} ({options.sampler}, {options.steps} steps)")
     request = Request(prompt=args.prompt, seed=seed, frames=clip.frames, energy=energy)
     (result,) = pipe.generate([request], options, progress=_Progress(not args.quiet))
 
@@ -162,7 +179,12 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("-o", "--output", help="WAV to write (default: VIDEO.rewas.wav beside the video)")
     inf.add_argument("--mux", metavar="OUT", help="also write the video with the generated track (.mp4/.mov/.mkv)")
     inf.add_argument("--start", type=float, default=0.0, help="start of the 5 s window in seconds (default 0)")
-    inf.add_argument("--steps", type=int, default=C.DDIM_STEPS, help=f"DDIM steps (default {C.DDIM_STEPS})")
+    inf.add_argument("--sampler", choices=SAMPLERS, help="ddim (the original), dpmpp-2m or dpmpp-2m-sde "
+                     "(default: the engine directory's recommendation; DDIM for the released model)")
+    inf.add_argument("--steps", type=int, help=f"sampler steps (default: the recommendation; DDIM {C.DDIM_STEPS})")
+    inf.add_argument("--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"),
+                     help="apply guidance only at noise levels sigma in (LO, HI], one model branch elsewhere "
+                          "(sigma = sqrt((1-abar)/abar): 0.055 at t=1 … 81 at t=996; default: everywhere)")
     inf.add_argument("--guidance", type=float, default=C.GUIDANCE, help=f"CFG scale (default {C.GUIDANCE})")
     inf.add_argument("--eta", type=float, default=C.ETA, help=f"DDIM eta (default {C.ETA}, as the original)")
     inf.add_argument("--seed", type=int, help="random seed (default: random, printed)")

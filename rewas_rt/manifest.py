@@ -94,8 +94,16 @@ def graph_io(spec: GraphSpec) -> dict[str, list[dict[str, Any]]]:
     }
 
 
+def recommended_section(sampler: str = "ddim", steps: int = C.DDIM_STEPS, guidance: float = C.GUIDANCE,
+                        eta: float = C.ETA, guidance_interval: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The sampler settings the runtime uses when a request names none (``scheduler.recommended``)."""
+    return {"sampler": sampler, "steps": int(steps), "guidance": float(guidance), "eta": float(eta),
+            "guidance_interval": list(guidance_interval) if guidance_interval else None}
+
+
 def scheduler_section(
-    default_steps: int = C.DDIM_STEPS, eta: float = C.ETA, guidance: float = C.GUIDANCE
+    default_steps: int = C.DDIM_STEPS, eta: float = C.ETA, guidance: float = C.GUIDANCE,
+    recommended: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     from rewas_rt.ddim import linear_schedule
 
@@ -115,6 +123,8 @@ def scheduler_section(
         "eta": eta,
         "guidance": guidance,
         "unconditional_hint": "zeros",
+        # Optional (absent in older manifests: DDIM 200 / 3 / 1, the original's settings).
+        "recommended": dict(recommended or recommended_section(steps=default_steps, guidance=guidance, eta=eta)),
     }
 
 
@@ -413,6 +423,12 @@ class EngineDirectory:
     @property
     def feature_dim(self) -> int:
         return int(self.manifest["video"]["feature_dim"])
+
+    @property
+    def recommended(self) -> dict[str, Any]:
+        """``scheduler.recommended`` (sampler, steps, guidance, eta, guidance_interval); the original's
+        DDIM 200 / 3 / 1 for manifests written before the key existed."""
+        return {**recommended_section(), **self.manifest["scheduler"].get("recommended", {})}
 
     @property
     def has_engines(self) -> bool:

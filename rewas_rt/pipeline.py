@@ -23,12 +23,14 @@ import numpy as np
 
 from rewas_rt import constants as C
 from rewas_rt.backends import Backend, Engine, select_backend
-from rewas_rt.ddim import make_schedule, sample
 from rewas_rt.energy import energy_from_phi
 from rewas_rt.energy_control import EnergyEdit
+from rewas_rt.errors import InputError
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
+from rewas_rt.guidance import check_interval
 from rewas_rt.latent import scaled_latent
 from rewas_rt.manifest import open_engine_dir, plan_mismatch
+from rewas_rt.samplers import SAMPLERS, model_calls, sample_with
 from rewas_rt.tokenizer import PromptTokenizer
 from rewas_rt.video import normalize, segments
 
@@ -42,10 +44,23 @@ MAX_BATCH = min(DYNAMIC_AXES["batch"][2], DYNAMIC_AXES["cfg_batch"][2] // 2)
 class GenerationOptions:
     steps: int = C.DDIM_STEPS
     guidance: float = C.GUIDANCE
-    eta: float = C.ETA
+    eta: float = C.ETA  # DDIM only
     candidates: int = 1
     hint_from_mean: bool = False  # the original samples the hint posterior
     energy_edit: EnergyEdit = EnergyEdit()
+    sampler: str = "ddim"  # one of rewas_rt.samplers.SAMPLERS
+    # (σ_lo, σ_hi): classifier-free guidance only at noise levels σ = sqrt((1 − ᾱ)/ᾱ) in that range,
+    # single-branch model calls elsewhere (rewas_rt.guidance); None = at every step (the original).
+    guidance_interval: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        try:
+            interval = check_interval(self.guidance_interval)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        object.__setattr__(self, "guidance_interval", interval)
 
 
 @dataclasses.dataclass
@@ -175,14 +190,14 @@ class Pipeline:
     def generate(self, requests: Sequence[Request], options: GenerationOptions = GenerationOptions(),
                  progress: Callable[[int, int], None] | None = None) -> list[Result]:
         """Every request with ``options.candidates`` candidates, batched up to MAX_BATCH per engine call."""
-        schedule = make_schedule(options.steps, options.eta)
+        steps = model_calls(options.sampler, options.steps)
         energies = self.request_energy(requests, options.energy_edit)
         films = self.text_embeddings([r.prompt for r in requests])
         # One item per (request, candidate), each with its own generator.
         items = [(r, c) for r in range(len(requests)) for c in range(options.candidates)]
         waves = np.empty((len(items), C.WAVE_SAMPLES), np.float32)
         chunks = [items[i:i + MAX_BATCH] for i in range(0, len(items), MAX_BATCH)]
-        total = len(chunks) * schedule.steps
+        total = len(chunks) * steps
         for k, chunk in enumerate(chunks):
             rngs = [candidate_rng(requests[r].seed, c) for r, c in chunk]
             rows = [r for r, _ in chunk]
@@ -198,9 +213,10 @@ class Pipeline:
 
             def callback(step: int, *_, k=k) -> None:
                 if progress:
-                    progress(k * schedule.steps + step + 1, total)
+                    progress(k * steps + step + 1, total)
 
-            latent = sample(self.denoise, x_T, cond, uncond, schedule, options.guidance, noise_source, callback)
+            latent = sample_with(options.sampler, self.denoise, x_T, cond, uncond, options.steps, options.guidance,
+                                 noise_source, callback, eta=options.eta, guidance_interval=options.guidance_interval)
             start = k * MAX_BATCH
             waves[start:start + len(chunk)] = self.decode(latent)
         per = options.candidates

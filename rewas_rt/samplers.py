@@ -35,6 +35,9 @@ NoiseSource = Callable[[int, tuple[int, ...]], np.ndarray]
 Callback = Callable[[int, np.ndarray, np.ndarray], None]
 
 SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde")
+# Steps used when a sampler is chosen without a step count and the engine directory recommends
+# another sampler (benchmarks/sampler_quality.py measures quality against steps; see benchmarks/README.md).
+DEFAULT_STEPS = {"ddim": C.DDIM_STEPS, "dpmpp-2m": 20, "dpmpp-2m-sde": 25}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -1,0 +1,95 @@
+"""Samplers and the guidance interval through GenerationOptions, Pipeline, the manifest's
+recommendation and `rewas-rt infer` (tiny engine directory)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from rewas_rt import constants as C
+from rewas_rt import manifest as M
+from rewas_rt.cli import _sampler_settings, main
+from rewas_rt.errors import InputError
+from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
+from rewas_rt.samplers import DEFAULT_STEPS, SAMPLERS, noise_levels
+from tests.media_files import write_video
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_engines):
+    return Pipeline(tiny_engines[0], backend="onnxruntime-cpu")
+
+
+def curve():
+    return np.linspace(-8.0, -2.0, C.MEL_FRAMES, dtype=np.float32)
+
+
+@pytest.mark.parametrize("bad", [{"sampler": "euler"}, {"sampler": ""}, {"guidance_interval": (2.0, 1.0)},
+                                 {"guidance_interval": (-1.0, 1.0)}, {"guidance_interval": (1.0,)}])
+def test_options_are_validated(bad):
+    with pytest.raises(InputError) as e:
+        GenerationOptions(**bad)
+    assert "\n" not in str(e.value)
+
+
+def test_every_sampler_runs_and_calls_the_unet_per_step(pipe):
+    rows, progress = [], []
+    denoise = pipe.denoise
+    pipe.denoise = lambda x, t, c: rows.append(len(x)) or denoise(x, t, c)
+    try:
+        out = {}
+        for sampler in SAMPLERS:
+            rows.clear()
+            progress.clear()
+            opts = GenerationOptions(steps=4, sampler=sampler)
+            (res,) = pipe.generate([Request("rain", 3, energy=curve())], opts, progress=lambda d, t: progress.append((d, t)))
+            assert np.isfinite(res.waveforms).all()
+            assert rows == [2] * 4 and progress == [(k, 4) for k in range(1, 5)]
+            out[sampler] = res.waveforms
+        assert np.abs(out["dpmpp-2m"] - out["dpmpp-2m-sde"]).max() > 1e-4  # the SDE injects noise
+        # Guidance interval: single-branch (batch 1) calls at the steps outside it.
+        rows.clear()
+        sig = noise_levels(4).edm_sigmas[:-1]
+        pipe.generate([Request("rain", 3, energy=curve())],
+                      GenerationOptions(steps=4, sampler="dpmpp-2m", guidance_interval=(sig[2], sig[0])))
+        assert rows == [2, 2, 1, 1]  # σ_0 == σ_hi is inside (σ_lo, σ_hi]; σ_2 == σ_lo is not
+    finally:
+        pipe.denoise = denoise
+
+
+def test_manifest_recommendation_and_cli_defaults(tiny_engines):
+    rec = M.open_engine_dir(tiny_engines[0], checksums=False).recommended
+    assert rec == {"sampler": "ddim", "steps": C.DDIM_STEPS, "guidance": C.GUIDANCE, "eta": C.ETA,
+                   "guidance_interval": None}
+
+    def settings(**flags):
+        args = argparse.Namespace(**{"sampler": None, "steps": None, "guidance_interval": None, **flags})
+        return _sampler_settings(args, custom)
+
+    custom = {**rec, "sampler": "dpmpp-2m", "steps": 15, "guidance_interval": [0.3, 20.0]}
+    assert settings() == {"sampler": "dpmpp-2m", "steps": 15, "guidance_interval": (0.3, 20.0)}
+    assert settings(sampler="ddim") == {"sampler": "ddim", "steps": C.DDIM_STEPS, "guidance_interval": None}
+    assert settings(sampler="dpmpp-2m-sde", steps=7)["steps"] == 7
+    assert settings(sampler="dpmpp-2m-sde")["steps"] == DEFAULT_STEPS["dpmpp-2m-sde"]
+    assert settings(guidance_interval=[1.0, 2.0])["guidance_interval"] == (1.0, 2.0)
+    # An older manifest without the key: the original's settings.
+    old = {"scheduler": {}}
+    assert M.EngineDirectory(tiny_engines[0], old, "onnx").recommended["sampler"] == "ddim"
+
+
+def test_cli_sampler_and_interval(tmp_path, tiny_engines, capsys):
+    clip = write_video(tmp_path / "clip.mp4", seconds=5.5)
+    wav = tmp_path / "out.wav"
+    eng = str(tiny_engines[0])
+    code = main(["infer", str(clip), "rain", "--engines", eng, "-o", str(wav), "--seed", "0",
+                 "--sampler", "dpmpp-2m-sde", "--steps", "2", "--guidance-interval", "0.1", "50"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "dpmpp-2m-sde, 2 steps" in err and wav.is_file()
+    code = main(["infer", str(clip), "rain", "--engines", eng, "-o", str(tmp_path / "x.wav"), "--steps", "2",
+                 "--guidance-interval", "5", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip().startswith("error: guidance interval") and "Traceback" not in err
+    assert not (tmp_path / "x.wav").exists()
