@@ -32,7 +32,7 @@ from rewas_rt.latent import scaled_latent
 from rewas_rt.manifest import open_engine_dir, plan_mismatch
 from rewas_rt.samplers import SAMPLERS, model_calls, sample_with
 from rewas_rt.tokenizer import PromptTokenizer
-from rewas_rt.video import normalize, segments
+from rewas_rt.video import normalized_segments
 
 log = logging.getLogger("rewas_rt")
 
@@ -118,6 +118,7 @@ class Pipeline:
         self.tokenizer = PromptTokenizer(self.dir.tokenizer_path)
         self._engines: dict[str, Engine] = {}
         self._uncond: np.ndarray | None = None
+        self._video_buffer: np.ndarray | None = None
         self.timings = Timings()
 
     def engine(self, graph: str) -> Engine:
@@ -136,7 +137,13 @@ class Pipeline:
 
     def predict_energy(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Clips of (125, 224, 224, 3) uint8 frames -> smoothed energy curves (B, 512)."""
-        video = np.concatenate([normalize(segments(f)) for f in frames])
+        # The normalised segments of every clip go straight into one buffer kept between requests
+        # (134 MB per clip of the largest batch seen; it replaces a fresh array plus a concatenated copy).
+        n = len(frames)
+        if self._video_buffer is None or len(self._video_buffer) < n:
+            self._video_buffer = None  # free the old one before allocating
+            self._video_buffer = np.empty((n, C.SEGMENTS, 3, C.SEGMENT_LEN, C.CROP, C.CROP), np.float32)
+        video = normalized_segments(frames, out=self._video_buffer[:n])
         with self.timings.stage("synchformer"):
             feats = self._run("synchformer", video=video)
         with self.timings.stage("phi"):
