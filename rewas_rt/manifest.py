@@ -94,17 +94,12 @@ def graph_io(spec: GraphSpec) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def recommended_section(sampler: str = "ddim", steps: int = C.DDIM_STEPS, guidance: float = C.GUIDANCE,
-                        eta: float = C.ETA, guidance_interval: tuple[float, float] | None = None) -> dict[str, Any]:
-    """The sampler settings the runtime uses when a request names none (``scheduler.recommended``)."""
-    return {"sampler": sampler, "steps": int(steps), "guidance": float(guidance), "eta": float(eta),
-            "guidance_interval": list(guidance_interval) if guidance_interval else None}
-
-
 def scheduler_section(
     default_steps: int = C.DDIM_STEPS, eta: float = C.ETA, guidance: float = C.GUIDANCE,
-    recommended: Mapping[str, Any] | None = None,
+    sampler: str = "ddim", guidance_interval: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
+    """The noise schedule and the recommended sampling (``default_steps``, ``guidance``, ``eta`` and,
+    optional keys absent from older manifests, ``sampler`` and ``guidance_interval``)."""
     from rewas_rt.ddim import linear_schedule
 
     betas, alphas_cumprod = linear_schedule()
@@ -123,8 +118,8 @@ def scheduler_section(
         "eta": eta,
         "guidance": guidance,
         "unconditional_hint": "zeros",
-        # Optional (absent in older manifests: DDIM 200 / 3 / 1, the original's settings).
-        "recommended": dict(recommended or recommended_section(steps=default_steps, guidance=guidance, eta=eta)),
+        "sampler": sampler,  # rewas_rt.samplers.SAMPLERS
+        "guidance_interval": list(guidance_interval) if guidance_interval else None,
     }
 
 
@@ -235,6 +230,14 @@ def schema_problems(m: Any) -> list[str]:
         _check_keys("tokenizer", m["tokenizer"], _TOKENIZER, problems)
     if isinstance(m.get("scheduler"), dict):
         _check_keys("scheduler", m["scheduler"], _SCHEDULER, problems)
+        from rewas_rt.samplers import SAMPLERS
+
+        if m["scheduler"].get("sampler", "ddim") not in SAMPLERS:
+            problems.append(f"scheduler.sampler {m['scheduler']['sampler']!r} is not one of {', '.join(SAMPLERS)}")
+        interval = m["scheduler"].get("guidance_interval")
+        if interval is not None and not (isinstance(interval, list) and len(interval) == 2
+                                         and all(isinstance(v, (int, float)) for v in interval)):
+            problems.append("scheduler.guidance_interval must be null or [sigma_lo, sigma_hi]")
         for k in ("betas", "alphas_cumprod"):
             if isinstance(m["scheduler"].get(k), list) and len(m["scheduler"][k]) != C.TRAIN_STEPS:
                 problems.append(f"scheduler.{k} has {len(m['scheduler'][k])} values, expected {C.TRAIN_STEPS}")
@@ -426,9 +429,12 @@ class EngineDirectory:
 
     @property
     def recommended(self) -> dict[str, Any]:
-        """``scheduler.recommended`` (sampler, steps, guidance, eta, guidance_interval); the original's
-        DDIM 200 / 3 / 1 for manifests written before the key existed."""
-        return {**recommended_section(), **self.manifest["scheduler"].get("recommended", {})}
+        """The model's recommended sampling: {"sampler", "steps", "guidance", "eta", "guidance_interval"}
+        from the scheduler section (a manifest without ``sampler`` recommends DDIM, the original's)."""
+        s = self.manifest["scheduler"]
+        interval = s.get("guidance_interval")
+        return {"sampler": s.get("sampler", "ddim"), "steps": int(s["default_steps"]), "guidance": float(s["guidance"]),
+                "eta": float(s["eta"]), "guidance_interval": tuple(interval) if interval else None}
 
     @property
     def has_engines(self) -> bool:

@@ -75,8 +75,16 @@ def test_manifest_recommendation_and_cli_defaults(tiny_engines):
     assert settings(sampler="dpmpp-2m-sde")["steps"] == DEFAULT_STEPS["dpmpp-2m-sde"]
     assert settings(guidance_interval=[1.0, 2.0])["guidance_interval"] == (1.0, 2.0)
     # An older manifest without the key: the original's settings.
-    old = {"scheduler": {}}
-    assert M.EngineDirectory(tiny_engines[0], old, "onnx").recommended["sampler"] == "ddim"
+    old = {"scheduler": {"default_steps": 50, "guidance": 2.5, "eta": 0.0}}
+    assert M.EngineDirectory(tiny_engines[0], old, "onnx").recommended == {
+        "sampler": "ddim", "steps": 50, "guidance": 2.5, "eta": 0.0, "guidance_interval": None}
+    # The schema refuses an unknown sampler or a malformed interval.
+    m = M.read_manifest(tiny_engines[0])
+    assert M.schema_problems(m) == []
+    for key, value in (("sampler", "euler"), ("guidance_interval", [1.0]), ("guidance_interval", "x")):
+        bad = json.loads(json.dumps(m))
+        bad["scheduler"][key] = value
+        assert any(f"scheduler.{key}" in p for p in M.schema_problems(bad))
 
 
 def test_cli_sampler_and_interval(tmp_path, tiny_engines, capsys):
