@@ -197,7 +197,8 @@ class _OrtRunner:
         t0 = time.perf_counter()
         frames = _video_frames(spec["video"], spec["batch"], clock)
         requests = [P.Request(PROMPTS[i % len(PROMPTS)], seed=i, frames=f) for i, f in enumerate(frames)]
-        results = self.pipe.generate(requests, P.GenerationOptions(steps=steps, candidates=spec["candidates"]))
+        opts = P.GenerationOptions(steps=steps, candidates=spec["candidates"], sampler=sampler_for(spec, steps))
+        results = self.pipe.generate(requests, opts)
         e2e = time.perf_counter() - t0
         if not all(np.isfinite(r.waveforms).all() for r in results):
             raise RuntimeError("non-finite waveform")
@@ -289,6 +290,13 @@ class _EagerRunner:
             raise RuntimeError("non-finite waveform")
         stats = _step_stats(self.calls, self.calls_per_step, schedule.steps)
         return {"stages": times, "unet_total": sum(stats["unet_steps"]), "sampler_total": sampler, "e2e": e2e, **stats}
+
+
+def sampler_for(spec: dict, steps: int) -> str:
+    """The runtime's sampler at a step count: ``--sampler`` except at the original's 200 steps (always DDIM)."""
+    from rewas_rt import constants as C
+
+    return "ddim" if steps == C.DDIM_STEPS else spec.get("sampler", "ddim")
 
 
 def _actual_steps(steps: int) -> int:
@@ -604,6 +612,9 @@ def markdown(report: dict) -> str:
         any_ok = next((res[n]["summary"] for n in ok), None)
         kind = any_ok["end_to_end"][str(st)]["kind"] if any_ok else ""
         mark = " (extrapolated†)" if kind.startswith("extrapolated") else ""
+        sampler = sampler_for(meta, st)
+        if sampler != "ddim":  # the runtime columns; eager always runs the original's DDIM loop
+            mark += f" (runtime: {sampler}; eager: DDIM)"
         row(f"unet_adapter total, {st} steps{mark}",
             {n: _cell(res[n]["summary"]["unet_total"][str(st)]) for n in ok}, f"unet_total@{st}")
         row(f"**end to end, {st} steps**{mark}",
@@ -762,6 +773,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--config", default=None, help="preset for random weights when building engines (default rewas-m)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights when building engines")
     p.add_argument("--steps", type=int, nargs="+", default=None, help="DDIM step counts to report (default: 200 25)")
+    p.add_argument("--sampler", default="ddim", choices=("ddim", "dpmpp-2m", "dpmpp-2m-sde"),
+                   help="the runtime's sampler at every step count but 200 (the original's DDIM 200 stays the "
+                        "reference row); e.g. --sampler dpmpp-2m --steps 200 20. One UNet call per step either way")
     p.add_argument("--measure-steps", type=int, default=None,
                    help="run only this many DDIM steps and extrapolate larger step counts (default 5, "
                         "--quick: 0); 0 = run every step count in full")
@@ -833,12 +847,12 @@ def main(argv: list[str] | None = None) -> int:
         "engines": str(engines), "video": str(video.resolve()), "batch": args.batch, "candidates": args.candidates,
         "threads": threads, "warmup": args.warmup, "repeats": args.repeats, "plan_steps": plan_steps,
         "checksums": args.checksums, "preset": model.get("name"), "seed": model.get("seed", 0),
-        "checkpoints": str(checkpoints) if checkpoints else None,
+        "checkpoints": str(checkpoints) if checkpoints else None, "sampler": args.sampler,
     }
     weights = f"checkpoints {checkpoints}" if checkpoints else f"random weights, seed {spec['seed']}"
     meta = {
         "model": model.get("name"), "weights": weights, "engines": str(engines), "steps": targets,
-        "measure_steps": ms, "plan_steps": plan_steps, "batch": args.batch, "candidates": args.candidates,
+        "measure_steps": ms, "plan_steps": plan_steps, "sampler": args.sampler, "batch": args.batch, "candidates": args.candidates,
         "repeats": args.repeats, "warmup": args.warmup, "threads": threads, "video": spec["video"],
         "host": {**host_info(), "load_before": _load()},
         "versions": _versions(),

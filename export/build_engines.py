@@ -217,6 +217,25 @@ def _engine(entry: dict, g: str, source, out: Path, trt: Mapping[str, str], prev
     return eng, f"{info['precision']} engine ({typing}ly typed) {info['build_seconds']:.0f}s, vs ORT rel {cmp['rel']:.1e}"
 
 
+def _int8(entry: dict, g: str, source, out: Path, old: dict | None, args) -> tuple[dict, str]:
+    """The opt-in INT8 variant of graph ``g`` (export/quantize.py), reused when its FP32 graph and mode are unchanged."""
+    from export import quantize as Q
+
+    prev = (old or {}).get("int8")
+    if (prev and prev.get("mode") == args.int8_mode and prev.get("source_sha256") == entry["onnx"]["sha256"]
+            and prev.get("version") == Q.INT8_VERSION and _files_intact(out, prev, prev.get("external_data"))):
+        return prev, "INT8 unchanged"
+    name = Q.int8_name(g)
+    info = Q.quantize_graph(out / entry["onnx"]["path"], out / name, g, source.configs, args.int8_mode,
+                            seed=args.seed, feature_dim=source.feature_dim)
+    data = out / (name + ".data")
+    rec = {**M.file_entry(out, name), "external_data": M.file_entry(out, data.name) if data.is_file() else None,
+           "source_sha256": entry["onnx"]["sha256"], **info}
+    c = info["check"]
+    dev = max(d["rel_max"] for d in c["deviation"].values())
+    return rec, f"INT8 {args.int8_mode}: x{c['speedup']:.2f} at build, max rel deviation {dev:.1e}"
+
+
 def build(args) -> Path:
     from export import export_onnx as E
 
@@ -255,6 +274,11 @@ def build(args) -> Path:
             entry["engine"] = None  # an engine from an earlier TensorRT build whose file is gone
         elif not reused:
             (out / f"{g}.plan").unlink(missing_ok=True)  # built from the previous graph: stale
+        if g in args.int8:
+            entry["int8"], qmsg = _int8(entry, g, source, out, old if reused else None, args)
+            msg += f"; {qmsg}"
+        else:
+            entry.pop("int8", None)
         source.release(*E.GRAPH_COMPONENTS[g])
         graphs[g] = entry
         print(f"[{i}/{len(GRAPHS)}] {g}: {msg} ({time.perf_counter() - t0:.1f}s)", flush=True)
@@ -325,6 +349,10 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--headroom", type=float, default=4.0, help="FP16 check: activations must stay below 65504/headroom")
     p.add_argument("--tolerance", type=float, default=1e-4, help="ONNX vs PyTorch, relative to max|output|")
     p.add_argument("--engine-tolerance", type=float, default=2e-2, help="TensorRT FP16 vs ONNX Runtime, relative")
+    p.add_argument("--int8", default="", metavar="GRAPHS",
+                   help="also write opt-in INT8 variants of these graphs for the CPU (synchformer,unet_adapter)")
+    p.add_argument("--int8-mode", choices=("dynamic", "static"), default="dynamic",
+                   help="INT8: dynamic (weights only calibrated-free) or static QDQ calibrated on generated inputs")
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder workspace limit")
     p.add_argument("--trt-typing", choices=("strong", "weak"), default="strong",
                    help="strong (default; TensorRT 10 and 11): engines from the FP16 graphs; weak (TensorRT 10 only): "
@@ -337,6 +365,15 @@ def parse_args(argv: list[str] | None):
     r.add_argument("--trust-pickle", action="store_true",
                    help="allow full unpickling of release checkpoints that are not plain tensor pickles")
     args = p.parse_args(argv)
+    if args.int8:
+        from export.quantize import parse_graphs
+
+        try:
+            args.int8 = parse_graphs(args.int8)
+        except ValueError as e:
+            p.error(str(e))
+    else:
+        args.int8 = []
     if args.release:
         if args.checkpoints or args.random_weights or args.config:
             p.error("--release builds the released model: not with --checkpoints, --config or --random-weights")
@@ -378,6 +415,8 @@ def parse_args(argv: list[str] | None):
         words += ["--config", args.config, "--random-weights"] + (["--seed", str(args.seed)] if args.seed else [])
     if args.tokenizer:
         words += ["--tokenizer", str(args.tokenizer)]
+    if args.int8:
+        words += ["--int8", ",".join(args.int8), "--int8-mode", args.int8_mode]
     words += ["--out", str(args.out)]
     args.command_line = shlex.join(words)
     return args
@@ -386,10 +425,11 @@ def parse_args(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from export.export_onnx import ExportError
+    from export.quantize import QuantizeError
 
     try:
         build(args)
-    except (BuildError, ExportError, RewasError) as e:  # ManifestError; OutputError for an unwritable --out
+    except (BuildError, ExportError, RewasError, QuantizeError) as e:  # ManifestError; OutputError for an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

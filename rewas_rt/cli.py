@@ -88,7 +88,8 @@ def _infer(args: argparse.Namespace) -> int:
         raise RewasError("--candidates must be at least 1")
 
     clip = load_video(video_path, start=args.start)
-    pipe = Pipeline(args.engines, backend=args.backend, threads=args.threads, checksums=not args.skip_checksums)
+    pipe = Pipeline(args.engines, backend=args.backend, threads=args.threads, checksums=not args.skip_checksums,
+                    int8=[g.strip() for g in (args.int8 or "").split(",") if g.strip()])
     pipe.tokenizer.ids(args.prompt)  # reject a bad prompt before the expensive work
     energy = None
     if args.energy_curve:
@@ -191,6 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("--candidates", type=int, default=1, help="candidates to generate (files numbered .0, .1, …)")
     inf.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime-{tensorrt,cuda,cpu}")
     inf.add_argument("--threads", type=int, help="ONNX Runtime CPU threads (default: physical cores)")
+    inf.add_argument("--int8", metavar="GRAPHS", help="run these graphs' INT8 variants (e.g. synchformer; CPU "
+                     "backend; built with build_engines --int8; faster, not bit-exact: see benchmarks/README.md)")
     inf.add_argument("--skip-checksums", action="store_true", help="check engine file sizes only, not sha256")
     e = inf.add_argument_group("energy control (units: mean log-mel; see rewas_rt/energy_control.py)")
     e.add_argument("--energy-scale", type=float, default=1.0, help="stretch the curve around its mean")

@@ -226,6 +226,8 @@ def schema_problems(m: Any) -> list[str]:
                     if isinstance(g["fp16_onnx"].get("external_data"), dict):
                         _check_keys(f"graphs.{name}.fp16_onnx.external_data", g["fp16_onnx"]["external_data"], _FILE,
                                     problems)
+            if g.get("int8") is not None:  # optional: an INT8 variant for the CPU (build_engines --int8)
+                _check_keys(f"graphs.{name}.int8", g["int8"], {**_FILE, "mode": str}, problems)
     if isinstance(m.get("tokenizer"), dict):
         _check_keys("tokenizer", m["tokenizer"], _TOKENIZER, problems)
     if isinstance(m.get("scheduler"), dict):
@@ -340,6 +342,11 @@ def verify(
                 problems += _file_problems(root, f"graph {name} external data", g["external_data"], checksums)
             for key, entry in _fp16_files(g):
                 problems += _file_problems(root, f"graph {name} FP16 {key}", entry, checksums)
+            if g.get("int8") is not None:
+                problems += _file_problems(root, f"graph {name} INT8 variant", g["int8"], checksums)
+                if g["int8"].get("external_data"):
+                    problems += _file_problems(root, f"graph {name} INT8 external data", g["int8"]["external_data"],
+                                               checksums)
         problems += _file_problems(root, "tokenizer", m["tokenizer"], checksums)
     if not problems and backend == "tensorrt":
         target = dict(tensorrt) if tensorrt is not None else detect_tensorrt()
@@ -383,6 +390,7 @@ class GraphFiles:
     plan: Path | None
     entry: Mapping[str, Any]  # the manifest's graph entry (inputs, outputs, fp32_layers, ...)
     onnx_fp16: Path | None = None  # <graph>.fp16.onnx: FP16 with FP32 islands (directories built since issue 15)
+    int8: Path | None = None  # the opt-in INT8 variant for the CPU backend, when built
 
     def files(self) -> dict[str, Path]:
         """What ``Backend.open`` takes: {"onnx", and "onnx_fp16" / "plan" when the directory has them}."""
@@ -407,9 +415,11 @@ class EngineDirectory:
         ext = g["external_data"]
         eng = g["engine"]
         fp16 = g.get("fp16_onnx")
+        q = g.get("int8")
         return GraphFiles(name, self.root / g["onnx"]["path"], self.root / ext["path"] if ext else None,
                           self.root / eng["path"] if eng else None, g,
-                          self.root / fp16["onnx"]["path"] if fp16 else None)
+                          onnx_fp16=self.root / fp16["onnx"]["path"] if fp16 else None,
+                          int8=self.root / q["path"] if q else None)
 
     @property
     def tokenizer_path(self) -> Path:
@@ -545,5 +555,9 @@ def iter_files(m: Mapping[str, Any]) -> Iterable[str]:
             yield g["engine"]["path"]
         for _, entry in _fp16_files(g):
             yield entry["path"]
+        if g.get("int8"):
+            yield g["int8"]["path"]
+            if g["int8"].get("external_data"):
+                yield g["int8"]["external_data"]["path"]
     yield m["tokenizer"]["path"]
     yield MANIFEST_NAME

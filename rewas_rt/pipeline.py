@@ -103,9 +103,10 @@ class Timings(dict):
 
 class Pipeline:
     def __init__(self, engine_dir: str | Path, backend: str | Backend | None = None, threads: int | None = None,
-                 checksums: bool = True):
+                 checksums: bool = True, int8: Sequence[str] = ()):
         """backend: a name (or None / "auto": the automatic choice), or a ``Backend`` object
-        (e.g. ``OnnxRuntimeBackend("cpu", precision="fp16")`` to run the FP16 graphs)."""
+        (e.g. ``OnnxRuntimeBackend("cpu", precision="fp16")`` to run the FP16 graphs).
+        int8: graphs whose opt-in INT8 variant to run (ONNX Runtime CPU; ``build_engines --int8``)."""
         listed = open_engine_dir(engine_dir, backend="onnx", checksums=False)
         if isinstance(backend, Backend):
             self.backend = backend
@@ -116,6 +117,14 @@ class Pipeline:
         self.dir = open_engine_dir(engine_dir, backend="tensorrt" if is_trt else "onnx", checksums=checksums,
                                    tensorrt=self.backend.target() if is_trt else None)
         self.tokenizer = PromptTokenizer(self.dir.tokenizer_path)
+        # Opt-in INT8 variants (export/quantize.py), ONNX Runtime CPU only; FP32 otherwise.
+        self.int8 = tuple(dict.fromkeys(int8))
+        for g in self.int8:
+            if g not in GRAPHS or self.dir.graph(g).int8 is None:
+                raise InputError(f"graph {g} has no INT8 variant in {engine_dir}; rebuild with "
+                                 f"`python export/build_engines.py ... --int8 {g}`")
+        if self.int8 and self.backend.name != "onnxruntime-cpu":
+            raise InputError(f"INT8 variants run on the onnxruntime-cpu backend only, not {self.backend.name}")
         self._engines: dict[str, Engine] = {}
         self._uncond: np.ndarray | None = None
         self._video_buffer: np.ndarray | None = None
@@ -126,7 +135,8 @@ class Pipeline:
             files = self.dir.graph(graph)
             spec = GRAPHS[graph].resolved(feature_dim=self.dir.feature_dim)
             with self.timings.stage(f"load {graph}"):
-                self._engines[graph] = self.backend.open(graph, files.files(), spec, info=files.entry)
+                paths = {"onnx": files.int8} if graph in self.int8 else files.files()
+                self._engines[graph] = self.backend.open(graph, paths, spec, info=files.entry)
         return self._engines[graph]
 
     def _run(self, graph: str, **feeds: np.ndarray) -> np.ndarray:
