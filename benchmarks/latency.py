@@ -176,7 +176,7 @@ class _OrtRunner:
 
         self.pipe.denoise = timed_denoise
         # The NumPy stages inside Pipeline.predict_energy, timed where the pipeline looks them up.
-        for fn, stage in (("normalize", "video"), ("segments", "video"), ("energy_from_phi", "energy_post")):
+        for fn, stage in (("normalized_segments", "video"), ("energy_from_phi", "energy_post")):
             setattr(P, fn, self._timed(getattr(P, fn), stage))
         self.backend_info = {"backend": self.pipe.backend.name, "threads": spec["threads"],
                              "engine": dict(self.pipe.engine("unet_adapter").metadata)
