@@ -137,7 +137,14 @@ def video_end(path: str | os.PathLike) -> Fraction:
         stream = first_stream(container, "video", path)
         t0, end = origin(container), None
         step = 1 / Fraction(stream.average_rate or C.FPS)
-        for packet in container.demux(stream):
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError:  # a damaged file: its readable part counts (decode() warns)
+                break
             if packet.pts is not None:
                 t = packet.pts * stream.time_base + (packet.duration * stream.time_base if packet.duration else step)
                 end = t if end is None else max(end, t)
