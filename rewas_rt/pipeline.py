@@ -36,7 +36,7 @@ from rewas_rt.latent import scaled_latent
 from rewas_rt.manifest import open_engine_dir
 from rewas_rt.tokenizer import PromptTokenizer
 from rewas_rt.video import frames_available, iter_windows, load_video, normalize, segments
-from rewas_rt.windows import (MEL_PER_FRAME, WINDOW, WaveJoiner, WindowOptions, WindowPlan, join_curves,
+from rewas_rt.windows import (MEL_PER_FRAME, WINDOW, WindowOptions, WindowPlan, join_curves,
                               overlap_constraint, plan_windows, window_curves)
 
 log = logging.getLogger("rewas_rt")
@@ -265,13 +265,22 @@ class Pipeline:
         if len(plan) == 1:
             return self._generate_one_window(request, options, plan, progress)
         energy = options.energy_edit.apply(self.clip_energy(request, plan))
+        joiner = w.joiner(plan, options.candidates)
+        for k, waves in self.window_waves(request, options, plan, energy, progress):
+            joiner.add(k, waves)
+        return Result(joiner.result(), energy, request.seed)
+
+    def window_waves(self, request: VideoRequest, options: GenerationOptions, plan: WindowPlan, energy: np.ndarray,
+                     progress: Callable[[int, int, str], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(k, waveforms (candidates, 81920)) of window k = 0, 1, … of ``plan`` driven by the whole
+        clip's ``energy`` curve, before they are joined (generate_video joins them)."""
+        w = options.windows
         curves = window_curves(energy, plan)
         film = self.text_embeddings([request.prompt])
         schedule = make_schedule(options.steps, options.eta)
         chunks = [list(range(i, min(i + MAX_BATCH, options.candidates)))
                   for i in range(0, options.candidates, MAX_BATCH)]
         total, done = len(plan) * len(chunks) * schedule.steps, 0
-        joiner = WaveJoiner(plan, options.candidates, w.crossfade_samples, w.fade)
         previous = np.empty((options.candidates, *C.LATENT_SHAPE), np.float32)
         for k in range(len(plan)):
             with self.timings.stage("vae_encoder"):
@@ -289,7 +298,7 @@ class Pipeline:
                     def noise(shape: Sequence[int], rngs=rngs) -> np.ndarray:
                         return np.stack([_normal(g, shape[1:]) for g in rngs])
 
-                    constrain = overlap_constraint(known, noise)
+                    constrain = overlap_constraint(known, noise, w.ramp_frames(plan.overlap(k)))
 
                 def callback(step: int, *_, base=done, label=f"window {k + 1}/{len(plan)}") -> None:
                     if progress:
@@ -300,8 +309,7 @@ class Pipeline:
                 done += schedule.steps
                 previous[chunk] = latent
                 waves[chunk] = self.decode(latent)
-            joiner.add(k, waves)
-        return Result(joiner.result(), energy, request.seed)
+            yield k, waves
 
     def _generate_one_window(self, request: VideoRequest, options: GenerationOptions, plan: WindowPlan,
                              progress: Callable[[int, int, str], None] | None) -> Result:

@@ -19,12 +19,15 @@ Joins, in order (DESIGN: issue #12):
 2. Latent (``overlap_constraint``, RePaint-style): window k's first frames are shared
    with window k−1. At every DDIM step that region of the sample is replaced by
    window k−1's final latent, noised to the step's level (√ᾱ·z + √(1−ᾱ)·ε), and after
-   the last step by that latent itself; the model fills in the rest to fit.
-3. Waveform (``WaveJoiner``): a crossfade in the middle of the overlap. Linear
-   (equal-gain) by default: with the latent constraint both sides are nearly the same
-   signal, and an equal-power fade of correlated signals bulges by up to +3 dB.
-   ``join="crossfade"`` (independent windows) should use ``fade="equal-power"``.
-   The measured comparison is in benchmarks/seams.py and docs (notes/issue-12).
+   the last step by that latent itself; the model fills in the rest to fit. Over the
+   overlap's last part (``ramp_frames``: overlap − crossfade) the replacement fades out
+   linearly: a hard edge leaves a step there that the sampler does not smooth away.
+3. Waveform (``WaveJoiner``): a crossfade over the overlap's first ``crossfade``
+   seconds, where the constraint made both windows' latents equal. Linear (equal-gain):
+   both sides are then nearly the same signal, and an equal-power fade of correlated
+   signals bulges by up to +3 dB. ``join="crossfade"`` (independent windows, a
+   comparison baseline) fades in the overlap's middle. Measured comparison:
+   benchmarks/seams.py (numbers in benchmarks/results/seams-*.md).
 """
 from __future__ import annotations
 
@@ -77,6 +80,13 @@ class WindowOptions:
     @property
     def crossfade_samples(self) -> int:
         return round(self.crossfade * C.SAMPLE_RATE)
+
+    def ramp_frames(self, overlap_frames: int) -> int:
+        """Latent frames at the end of an overlap where the constraint fades out (after the crossfade)."""
+        return max(0, overlap_frames - -(-self.crossfade_samples // FRAME_SAMPLES))
+
+    def joiner(self, plan: WindowPlan, batch: int) -> "WaveJoiner":
+        return WaveJoiner(plan, batch, self.crossfade_samples, self.fade, centred=self.join != "repaint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,17 +169,18 @@ def fades(n: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
 class WaveJoiner:
     """Assembles windows' waveforms (batch, 81920), added in order, into (batch, samples)."""
 
-    def __init__(self, plan: WindowPlan, batch: int, crossfade_samples: int, fade: str):
-        self.plan, self.fade, self.crossfade = plan, fade, crossfade_samples
+    def __init__(self, plan: WindowPlan, batch: int, crossfade_samples: int, fade: str, centred: bool = False):
+        self.plan, self.fade, self.crossfade, self.centred = plan, fade, crossfade_samples, centred
         self.out = np.zeros((batch, plan.covered * FRAME_SAMPLES), np.float32)
         self._next = 0
 
     def region(self, k: int) -> tuple[int, int]:
-        """Samples [a, b) where window k−1 fades into window k: centred in their overlap."""
+        """Samples [a, b) where window k−1 fades into window k: the start of their overlap (where
+        the RePaint constraint makes them equal), or its middle (``centred``, independent windows)."""
         lo = self.plan.starts[k] * FRAME_SAMPLES
         hi = (self.plan.starts[k - 1] + WINDOW) * FRAME_SAMPLES
         n = min(self.crossfade, hi - lo)
-        a = lo + (hi - lo - n) // 2
+        a = lo + (hi - lo - n) // 2 if self.centred else lo
         return a, a + n
 
     def add(self, k: int, wave: np.ndarray) -> None:
@@ -194,21 +205,31 @@ class WaveJoiner:
 Constraint = Callable[[np.ndarray, float], np.ndarray]
 
 
-def overlap_constraint(known: np.ndarray, noise: Callable[[tuple[int, ...]], np.ndarray]) -> Constraint:
+def overlap_constraint(known: np.ndarray, noise: Callable[[tuple[int, ...]], np.ndarray], ramp: int = 0) -> Constraint:
     """RePaint-style: the first ``known.shape[2]`` latent frames are replaced by ``known``
     (window k−1's final latent there), noised to the level ᾱ of the sample being
-    constrained; ᾱ ≥ 1 (the sampler's output) pastes ``known`` itself.
-    ``noise(shape)`` gives N(0, 1) draws (the window's own generators)."""
+    constrained; ᾱ ≥ 1 (the sampler's output) uses ``known`` itself.
+
+    The last ``ramp`` of those frames are blended instead, the weight of ``known`` falling
+    linearly to 0, so that the window leaves the shared frames without a step: with a hard
+    edge the sampler does not fully reconcile the two sides (measured in benchmarks/seams.py
+    and tests/test_windows.py). ``noise(shape)`` gives N(0, 1) draws (the window's generators).
+    """
     known = np.asarray(known, dtype=np.float32)
     n = known.shape[2]
+    if not 0 <= ramp <= n:
+        raise ValueError(f"ramp must be 0..{n} frames, got {ramp}")
+    weight = np.clip((n - np.arange(n) - 0.5) / max(ramp, 1), 0.0, 1.0) if ramp else np.ones(n)
+    weight = weight.astype(np.float32)[None, None, :, None]
 
     def constrain(x: np.ndarray, alpha_bar: float) -> np.ndarray:
         x = np.array(x, dtype=np.float32, copy=True)
         if alpha_bar >= 1.0:
-            x[:, :, :n] = known
+            target = known
         else:
             a = np.float32(alpha_bar)
-            x[:, :, :n] = np.sqrt(a) * known + np.sqrt(np.float32(1.0) - a) * noise(known.shape)
+            target = np.sqrt(a) * known + np.sqrt(np.float32(1.0) - a) * noise(known.shape)
+        x[:, :, :n] = weight * target + (np.float32(1.0) - weight) * x[:, :, :n]
         return x
 
     return constrain
