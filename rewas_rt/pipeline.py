@@ -273,7 +273,11 @@ class Pipeline:
     def window_waves(self, request: VideoRequest, options: GenerationOptions, plan: WindowPlan, energy: np.ndarray,
                      progress: Callable[[int, int, str], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """(k, waveforms (candidates, 81920)) of window k = 0, 1, … of ``plan`` driven by the whole
-        clip's ``energy`` curve, before they are joined (generate_video joins them)."""
+        clip's ``energy`` curve, before they are joined (generate_video joins them).
+
+        Sampling runs window after window (each continues the previous one), candidates batched;
+        the independent stages are batched across windows, up to MAX_BATCH rows per engine call:
+        the hint encoder over the curves, the decoder and vocoder over finished latents."""
         w = options.windows
         curves = window_curves(energy, plan)
         film = self.text_embeddings([request.prompt])
@@ -282,10 +286,13 @@ class Pipeline:
                   for i in range(0, options.candidates, MAX_BATCH)]
         total, done = len(plan) * len(chunks) * schedule.steps, 0
         previous = np.empty((options.candidates, *C.LATENT_SHAPE), np.float32)
+        per_decode = max(1, MAX_BATCH // options.candidates)  # windows decoded together
+        pending: list[tuple[int, np.ndarray]] = []
         for k in range(len(plan)):
-            with self.timings.stage("vae_encoder"):
-                moments = self._run("vae_encoder", mel=energy_to_vae_input(curves[k:k + 1]))
-            waves = np.empty((options.candidates, C.WAVE_SAMPLES), np.float32)
+            if k % MAX_BATCH == 0:
+                with self.timings.stage("vae_encoder"):
+                    block = self._run("vae_encoder", mel=energy_to_vae_input(curves[k:k + MAX_BATCH]))
+            moments = block[k % MAX_BATCH:k % MAX_BATCH + 1]
             for chunk in chunks:
                 rngs = [window_rng(request.seed, c, k) for c in chunk]
                 hint_noise = np.stack([_normal(g, C.LATENT_SHAPE) for g in rngs])
@@ -308,8 +315,14 @@ class Pipeline:
                                       constrain)
                 done += schedule.steps
                 previous[chunk] = latent
-                waves[chunk] = self.decode(latent)
-            yield k, waves
+            pending.append((k, previous.copy()))
+            if len(pending) == per_decode or k == len(plan) - 1:
+                latents = np.concatenate([lat for _, lat in pending])
+                waves = np.concatenate([self.decode(latents[i:i + MAX_BATCH])
+                                        for i in range(0, len(latents), MAX_BATCH)])
+                for j, (done_k, _) in enumerate(pending):
+                    yield done_k, waves[j * options.candidates:(j + 1) * options.candidates]
+                pending = []
 
     def _generate_one_window(self, request: VideoRequest, options: GenerationOptions, plan: WindowPlan,
                              progress: Callable[[int, int, str], None] | None) -> Result:
