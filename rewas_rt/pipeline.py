@@ -120,7 +120,10 @@ class Pipeline:
         self._engines: dict[str, Engine] = {}
         self._uncond: np.ndarray | None = None
         self.timings = Timings()
-        self.energy_batch = 4  # video windows per Synchformer call in generate_video (memory ∝ this)
+        # Windows per engine call for generate_video's independent stages (Synchformer input is
+        # 135 MB a window). Batching pays on a GPU; on the CPU it only costs memory, and the
+        # memory arenas keep the largest batch's (benchmarks/long_video.py).
+        self.window_batch = 1 if self.backend.name == "onnxruntime-cpu" else 4
 
     def engine(self, graph: str) -> Engine:
         if graph not in self._engines:
@@ -139,7 +142,9 @@ class Pipeline:
 
     def predict_energy(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Clips of (125, 224, 224, 3) uint8 frames -> smoothed energy curves (B, 512)."""
-        video = np.concatenate([normalize(segments(f)) for f in frames])
+        video = np.empty((len(frames), C.SEGMENTS, 3, C.SEGMENT_LEN, C.CROP, C.CROP), np.float32)
+        for i, f in enumerate(frames):  # filled in place: one clip's temporaries at a time
+            video[i] = normalize(segments(f))[0]
         with self.timings.stage("synchformer"):
             feats = self._run("synchformer", video=video)
         with self.timings.stage("phi"):
@@ -235,14 +240,14 @@ class Pipeline:
 
     def clip_energy(self, request: VideoRequest, plan: WindowPlan) -> np.ndarray:
         """The unedited (plan.covered·4,) curve: the request's (resampled), or φ's over every window,
-        Synchformer and φ batched ``energy_batch`` windows at a time and blended (windows.join_curves)."""
+        Synchformer and φ batched ``window_batch`` windows at a time and blended (windows.join_curves)."""
         if request.energy is not None:
             curve = np.asarray(request.energy, np.float32).reshape(-1)
             return resize_nearest(curve, plan.covered * MEL_PER_FRAME)
         curves, batch = [], []
         for frames, _ in iter_windows(request.video, plan.starts, request.start):
             batch.append(frames)
-            if len(batch) == self.energy_batch:
+            if len(batch) == self.window_batch:
                 curves += list(self.predict_energy(batch))
                 batch = []
         if batch:
@@ -286,13 +291,13 @@ class Pipeline:
                   for i in range(0, options.candidates, MAX_BATCH)]
         total, done = len(plan) * len(chunks) * schedule.steps, 0
         previous = np.empty((options.candidates, *C.LATENT_SHAPE), np.float32)
-        per_decode = max(1, MAX_BATCH // options.candidates)  # windows decoded together
+        per_decode = max(1, min(self.window_batch, MAX_BATCH // options.candidates))  # windows decoded together
         pending: list[tuple[int, np.ndarray]] = []
         for k in range(len(plan)):
-            if k % MAX_BATCH == 0:
+            if k % self.window_batch == 0:
                 with self.timings.stage("vae_encoder"):
-                    block = self._run("vae_encoder", mel=energy_to_vae_input(curves[k:k + MAX_BATCH]))
-            moments = block[k % MAX_BATCH:k % MAX_BATCH + 1]
+                    block = self._run("vae_encoder", mel=energy_to_vae_input(curves[k:k + self.window_batch]))
+            moments = block[k % self.window_batch:k % self.window_batch + 1]
             for chunk in chunks:
                 rngs = [window_rng(request.seed, c, k) for c in chunk]
                 hint_noise = np.stack([_normal(g, C.LATENT_SHAPE) for g in rngs])
