@@ -27,12 +27,14 @@ class _Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled and sys.stderr.isatty()
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, label: str = "") -> None:
         if not self.enabled:
             return
         width = 30
         filled = width * done // total
-        print(f"\rsampling [{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps", end="", file=sys.stderr)
+        label = f" ({label})" if label else ""
+        print(f"\rsampling [{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps{label}", end="",
+              file=sys.stderr)
         if done == total:
             print(file=sys.stderr)
 
@@ -50,11 +52,35 @@ def _numbered(path: Path, index: int, count: int) -> Path:
     return path if count == 1 else path.with_name(f"{path.stem}.{index}{path.suffix}")
 
 
+def _duration(text: str) -> float | None:
+    if text.strip().lower() == "full":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'full', got {text!r}") from None
+
+
+def _clip_arguments(p: argparse.ArgumentParser) -> None:
+    """Which part of the video gets sound (rewas_rt/windows.py: longer than 5.12 s = several windows)."""
+    from rewas_rt.windows import WindowOptions
+
+    limit = WindowOptions().max_duration
+    p.add_argument("--start", type=float, default=0.0, help="start of the clip in seconds (default 0)")
+    p.add_argument("--duration", type=_duration, default=None, metavar="SECONDS|full",
+                   help="length of the clip (default full: to the end of the video; 5.12 = one model window)")
+    p.add_argument("--max-duration", type=float, default=limit,
+                   help=f"refuse clips longer than this many seconds (default {limit:g})")
+    p.add_argument("--join", choices=("repaint", "crossfade"), default="repaint",
+                   help="how windows join: the overlap continues the previous window (default), or plain crossfade")
+
+
 def _infer(args: argparse.Namespace) -> int:
     from rewas_rt.audio import mux, write_wav
     from rewas_rt.energy_control import EnergyEdit, curve_from_audio, load_curve, plot_curve, pyplot, write_curve_csv
-    from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
+    from rewas_rt.pipeline import GenerationOptions, Pipeline, VideoRequest, plan_clip
     from rewas_rt.video import load_video
+    from rewas_rt.windows import WindowOptions
 
     video_path = Path(args.video)
     out = Path(args.output) if args.output else video_path.with_name(video_path.stem + ".rewas.wav")
@@ -71,38 +97,41 @@ def _infer(args: argparse.Namespace) -> int:
     if args.candidates < 1:
         raise RewasError("--candidates must be at least 1")
 
-    clip = load_video(video_path, start=args.start)
+    windows = WindowOptions(max_duration=args.max_duration, join=args.join,
+                            fade="equal-power" if args.join == "crossfade" else "linear")
+    request = VideoRequest(prompt=args.prompt, seed=0, video=video_path, start=args.start, duration=args.duration)
+    plan = plan_clip(request, windows)  # a bad video or clip fails here, before the engines load
     pipe = Pipeline(args.engines, backend=args.backend, threads=args.threads, checksums=not args.skip_checksums)
     pipe.tokenizer.ids(args.prompt)  # reject a bad prompt before the expensive work
-    energy = None
     if args.energy_curve:
-        energy = load_curve(args.energy_curve)
+        request.energy = load_curve(args.energy_curve, frames=None)
     elif args.energy_from_audio:
-        energy = curve_from_audio(args.energy_from_audio, start=args.start)
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    _say(args, f"generating on {pipe.backend.name} with seed {seed}")
+        request.energy = curve_from_audio(args.energy_from_audio, start=args.start, plan=plan if len(plan) > 1 else None)
+    request.seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    _say(args, f"generating {plan.frames / C.FPS:.2f} s ({len(plan)} window{'s' * (len(plan) > 1)}) "
+               f"on {pipe.backend.name} with seed {request.seed}")
     options = GenerationOptions(
         steps=args.steps, guidance=args.guidance, eta=args.eta, candidates=args.candidates,
         hint_from_mean=args.hint_mean,
         energy_edit=EnergyEdit(args.energy_scale, args.energy_offset, *(args.energy_clip or (None, None))),
+        windows=windows,
     )
-    request = Request(prompt=args.prompt, seed=seed, frames=clip.frames, energy=energy)
-    (result,) = pipe.generate([request], options, progress=_Progress(not args.quiet))
+    result = pipe.generate_video(request, options, progress=_Progress(not args.quiet))
 
-    samples = round(clip.real_seconds * C.SAMPLE_RATE)  # the generated track covers the video window
-    for i, wave in enumerate(result.waveforms):
+    for i, wave in enumerate(result.waveforms):  # the whole clip: plan.frames video frames long
         wav_path = _numbered(out, i, args.candidates)
-        write_wav(wav_path, wave[:samples])
+        write_wav(wav_path, wave)
         _say(args, f"wrote {wav_path}")
         if args.mux:
             mux_path = _numbered(Path(args.mux), i, args.candidates)
-            mux(video_path, wave[:samples], C.SAMPLE_RATE, mux_path, start=clip.start)
+            mux(video_path, wave, C.SAMPLE_RATE, mux_path, start=args.start)
             _say(args, f"wrote {mux_path}")
     if args.write_energy:
         write_curve_csv(args.write_energy, result.energy)
         _say(args, f"wrote {args.write_energy}")
-    if args.plot_energy:
-        plot_curve(args.plot_energy, result.energy, clip.frames[: clip.real_frames])
+    if args.plot_energy:  # with the frames under the curve for one window; a longer clip's would not fit
+        frames = load_video(video_path, args.start).frames[: plan.frames] if len(plan) == 1 else None
+        plot_curve(args.plot_energy, result.energy, frames)
         _say(args, f"wrote {args.plot_energy}")
     if args.verbose:
         for stage, secs in pipe.timings.items():
@@ -161,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("prompt")
     inf.add_argument("-o", "--output", help="WAV to write (default: VIDEO.rewas.wav beside the video)")
     inf.add_argument("--mux", metavar="OUT", help="also write the video with the generated track (.mp4/.mov/.mkv)")
-    inf.add_argument("--start", type=float, default=0.0, help="start of the 5 s window in seconds (default 0)")
+    _clip_arguments(inf)
     inf.add_argument("--steps", type=int, default=C.DDIM_STEPS, help=f"DDIM steps (default {C.DDIM_STEPS})")
     inf.add_argument("--guidance", type=float, default=C.GUIDANCE, help=f"CFG scale (default {C.GUIDANCE})")
     inf.add_argument("--eta", type=float, default=C.ETA, help=f"DDIM eta (default {C.ETA}, as the original)")

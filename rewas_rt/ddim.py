@@ -16,6 +16,8 @@ from rewas_rt import constants as C
 
 Model = Callable[[np.ndarray, np.ndarray, Mapping[str, np.ndarray]], np.ndarray]
 NoiseSource = Callable[[int, tuple[int, ...]], np.ndarray]
+# constrain(x, alpha_bar) -> x: e.g. inpainting (rewas_rt.windows.overlap_constraint).
+Constraint = Callable[[np.ndarray, float], np.ndarray]
 
 
 def linear_schedule(
@@ -110,6 +112,7 @@ def sample(
     guidance: float,
     noise_source: NoiseSource,
     callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    constrain: Constraint | None = None,
 ) -> np.ndarray:
     """Run the DDIM loop from x_T (B, …) and return the final latent (float32).
 
@@ -120,10 +123,16 @@ def sample(
     N(0, 1) noise for step = 0, 1, … in sampling order; it is called at every
     step, also when σ = 0 and at the last step, so a seeded generator advances as
     the original's RNG does. ``callback(step, x_prev, pred_x0)`` sees each step.
+
+    ``constrain(x, alpha_bar)``, when given, replaces the sample wherever it is used:
+    x_T (at ᾱ of the first timestep), each x_prev (at its ᾱ_prev) and, with
+    alpha_bar = 1, the returned latent. Without it the loop is the original's.
     """
     if set(cond) != set(uncond):
         raise ValueError(f"cond and uncond need the same names, got {sorted(cond)} and {sorted(uncond)}")
     x = np.asarray(x_T, dtype=np.float32)
+    if constrain is not None:
+        x = constrain(x, float(schedule.alphas[-1]))
     batch = x.shape[0]
     conditions = {name: np.concatenate([uncond[name], cond[name]], axis=0) for name in cond}
     for step, i in enumerate(range(schedule.steps - 1, -1, -1)):
@@ -131,6 +140,8 @@ def sample(
         eps = model(np.concatenate([x, x], axis=0), t, conditions)
         noise = noise_source(step, x.shape)
         x, pred_x0 = ddim_step(x, eps[:batch], eps[batch:], i, schedule, guidance, noise)
+        if constrain is not None:
+            x = constrain(x, 1.0 if i == 0 else float(schedule.alphas_prev[i]))
         if callback is not None:
             callback(step, x, pred_x0)
     return x

@@ -17,14 +17,14 @@ import numpy as np
 def frame_image(j: int, width: int, height: int) -> np.ndarray:
     img = np.empty((height, width, 3), np.uint8)
     img[: height // 2] = (j % 16) * 16 + 8
-    img[height // 2:] = (j // 16) * 16 + 8
+    img[height // 2:] = (j // 16) % 16 * 16 + 8  # indices repeat every 256 frames
     img[height // 2 - 2:height // 2 + 2, :] = 255
     img[:, width // 2 - 2:width // 2 + 2] = 255
     return img
 
 
 def frame_index(rgb: np.ndarray) -> int:
-    """Index encoded in a (resized, cropped) frame, read from patches away from the cross."""
+    """Index (mod 256) encoded in a (resized, cropped) frame, read from patches away from the cross."""
     low, high = rgb[8:40, 8:40].mean(), rgb[-40:-8, 8:40].mean()
     return int(round((low - 8) / 16)) + 16 * int(round((high - 8) / 16))
 
