@@ -63,6 +63,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import cli_main
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "export" / "build_engines.py"
 EAGER = "pytorch-eager"
@@ -681,7 +684,7 @@ def ensure_engines(args) -> Path:
         if tok is None and presets.preset(args.config)["clap_text"].vocab_size > presets.TINY_VOCAB_SIZE:
             # The built-in tokenizer cannot grow to RoBERTa's 50k tokens; a smaller vocabulary feeds the
             # same graph (token ids < vocab size), and prompt lengths stay similar.
-            from export import tokenizer as T
+            from training import tokenizer as T
 
             tok = cache_dir() / "tokenizer-tiny"
             tok.mkdir(parents=True, exist_ok=True)
@@ -807,6 +810,7 @@ def parse_args(argv: list[str] | None):
     return args
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -817,8 +821,8 @@ def main(argv: list[str] | None = None) -> int:
 
     engines = ensure_engines(args).resolve()
     manifest = read_manifest(engines)
-    model = manifest["model"]
-    checkpoints = args.checkpoints or (Path(model["checkpoints"]) if model.get("weights") == "checkpoints" else None)
+    model = manifest.model
+    checkpoints = args.checkpoints or (Path(model.checkpoints) if model.weights == "checkpoints" else None)
     args.out.mkdir(parents=True, exist_ok=True)
     video = args.video or ensure_clip(args.out / "bench_clip.mp4")
     threads = args.threads or physical_cores()
@@ -829,12 +833,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = {
         "engines": str(engines), "video": str(video.resolve()), "batch": args.batch, "candidates": args.candidates,
         "threads": threads, "warmup": args.warmup, "repeats": args.repeats, "plan_steps": plan_steps,
-        "checksums": args.checksums, "preset": model.get("name"), "seed": model.get("seed", 0),
+        "checksums": args.checksums, "preset": model.name, "seed": model.seed or 0,
         "checkpoints": str(checkpoints) if checkpoints else None,
     }
     weights = f"checkpoints {checkpoints}" if checkpoints else f"random weights, seed {spec['seed']}"
     meta = {
-        "model": model.get("name"), "weights": weights, "engines": str(engines), "steps": targets,
+        "model": model.name, "weights": weights, "engines": str(engines), "steps": targets,
         "measure_steps": ms, "plan_steps": plan_steps, "batch": args.batch, "candidates": args.candidates,
         "repeats": args.repeats, "warmup": args.warmup, "threads": threads, "video": spec["video"],
         "host": {**host_info(), "load_before": _load()},
@@ -865,9 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["host"]["load_after"] = _load()
     summaries = {n: b["summary"] for n, b in backends.items() if b["status"] == "ok"}
     report = {"meta": meta, "backends": backends, "ratios": ratios(summaries, targets)}
-    (args.out / "latency.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(args.out / "latency.json", json.dumps(report, indent=1) + "\n")
     md = markdown(report)
-    (args.out / "latency.md").write_text(md)
+    atomic_write_text(args.out / "latency.md", md)
     print(md)
     print(f"wrote {args.out / 'latency.json'} and {args.out / 'latency.md'}", file=sys.stderr)
     return 0 if any(b["status"] == "ok" for b in backends.values()) else 1

@@ -41,6 +41,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from rewas_rt import constants as C
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import RewasError, cli_main
 from rewas_rt.graphs import GRAPHS, GraphSpec
 from training.models.presets import RANDOM_INIT_VERSION, component_seed, randomize_
 
@@ -73,7 +75,7 @@ GRAPH_COMPONENTS: dict[str, tuple[str, ...]] = {
 COMPONENT_NAMES = ("unet", "adapter", "vae", "vocoder", "clap_text", "synchformer", "phi")
 
 
-class ExportError(RuntimeError):
+class ExportError(RewasError, RuntimeError):
     """A graph cannot be exported or fails its parity check (one-line message)."""
 
 
@@ -551,6 +553,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and test inputs")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="export_onnx.py", description="Export the ReWaS graphs to ONNX and check parity.")
     add_source_args(p)
@@ -569,31 +572,26 @@ def main(argv: list[str] | None = None) -> int:
     graphs = parse_graphs(args.graphs, p)
     skip_parity = set(GRAPHS) if args.no_parity == "all" else set(parse_graphs(args.no_parity, p)) if args.no_parity else set()
     ext = {"auto": None, "always": True, "never": False}[args.external_data]
-    try:
-        source = source_from_args(args, p)
-        report = {}
-        failures = []
-        for i, g in enumerate(graphs, 1):
-            res, par = export_and_check(source, g, args.out, parity_batch=args.parity_batch,
-                                        check=g not in skip_parity, external_data=ext, seed=args.seed,
-                                        trace_batch=args.trace_batch)
-            sizes = ", ".join(f"{f.name} {f.stat().st_size / 2**20:.1f} MiB" for f in res.files)
-            print(f"[{i}/{len(graphs)}] {g}: export {res.seconds:.1f}s ({res.nodes} nodes; {sizes}); {fmt_parity(par)}",
-                  flush=True)
-            report[g] = {"seconds": res.seconds, "nodes": res.nodes,
-                         "files": {f.name: f.stat().st_size for f in res.files}, "parity": par}
-            if par is not None and not par["ok"]:
-                failures.append(parity_failure(g, par))
-            source.release(*GRAPH_COMPONENTS[g])
-        if args.report:
-            args.report.write_text(json.dumps(report, indent=1, default=float) + "\n")
-        if failures:
-            print("error: " + "; ".join(failures), file=sys.stderr)
-            return 1
-        return 0
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    source = source_from_args(args, p)
+    report = {}
+    failures = []
+    for i, g in enumerate(graphs, 1):
+        res, par = export_and_check(source, g, args.out, parity_batch=args.parity_batch,
+                                    check=g not in skip_parity, external_data=ext, seed=args.seed,
+                                    trace_batch=args.trace_batch)
+        sizes = ", ".join(f"{f.name} {f.stat().st_size / 2**20:.1f} MiB" for f in res.files)
+        print(f"[{i}/{len(graphs)}] {g}: export {res.seconds:.1f}s ({res.nodes} nodes; {sizes}); {fmt_parity(par)}",
+              flush=True)
+        report[g] = {"seconds": res.seconds, "nodes": res.nodes,
+                     "files": {f.name: f.stat().st_size for f in res.files}, "parity": par}
+        if par is not None and not par["ok"]:
+            failures.append(parity_failure(g, par))
+        source.release(*GRAPH_COMPONENTS[g])
+    if args.report:
+        atomic_write_text(args.report, json.dumps(report, indent=1, default=float) + "\n")
+    if failures:
+        raise ExportError("; ".join(failures))
+    return 0
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import InputError, cli_main
+
 FP16_MAX = 65504.0
 DEFAULT_HEADROOM = 4.0
 TRIG_TOL = 1e-3  # rad of argument rounding error tolerated in Sin/Cos/Tan
@@ -452,6 +455,7 @@ def _vocab_size(m) -> int:
     return 512
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     from rewas_rt.graphs import GRAPHS
 
@@ -466,17 +470,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.path.is_dir():
         paths = [(g, args.path / f"{g}.onnx") for g in GRAPHS if (args.path / f"{g}.onnx").is_file()]
         if not paths:
-            print(f"error: no <graph>.onnx files in {args.path}", file=sys.stderr)
-            return 2
+            raise InputError(f"no <graph>.onnx files in {args.path}")
     elif args.path.is_file():
         if args.path.stem not in GRAPHS:
-            print(f"error: {args.path.name}: the file name must be <graph>.onnx, graph one of {', '.join(GRAPHS)}",
-                  file=sys.stderr)
-            return 2
+            raise InputError(f"{args.path.name}: the file name must be <graph>.onnx, graph one of {', '.join(GRAPHS)}")
         paths = [(args.path.stem, args.path)]
     else:
-        print(f"error: {args.path} does not exist", file=sys.stderr)
-        return 2
+        raise InputError(f"{args.path} does not exist")
     out = {}
     worst_nonfinite = False
     for graph, path in paths:
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         out[graph] = {**rep.to_dict(), "fp32_layers": rep.fp32_layers, "reasons_by_node": rep.reasons}
         worst_nonfinite |= rep.mitigated["nonfinite"]
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1, default=float) + "\n")
+        atomic_write_text(args.json, json.dumps(out, indent=1, default=float) + "\n")
     return 1 if worst_nonfinite else 0
 
 

@@ -32,7 +32,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from rewas_rt.graphs import GraphSpec
-from rewas_rt.manifest import atomic_write_bytes
+from rewas_rt.atomic import atomic_write_bytes
+from rewas_rt.errors import RewasError
 
 TIMING_CACHE_NAME = "tensorrt.timing.cache"
 # Engine (FP16) vs ONNX Runtime (FP32): max abs error <= ENGINE_RTOL * max |ONNX Runtime output|.
@@ -40,7 +41,7 @@ ENGINE_RTOL = 2e-2
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]\x1e\x1f]+)\]")
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(RewasError, RuntimeError):
     pass
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rewas_rt import __version__
 from rewas_rt import constants as C
-from rewas_rt.errors import OutputError, RewasError
+from rewas_rt.errors import OutputError, RewasError, cli_main
 
 DEFAULT_ENGINES = os.environ.get("REWAS_ENGINES", "engines")
 
@@ -129,11 +129,11 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     d = open_engine_dir(engines, checksums=False)
     m = d.manifest
-    print(f"engines: {engines} (model {m.get('model', {}).get('name', '?')}, built {m.get('created', '?')})")
-    for name, g in m["graphs"].items():
-        plan = g["engine"]["precision"] if g["engine"] else "no TensorRT engine"
-        print(f"  {name:13s} {g['onnx']['bytes'] / 2**20:9.1f} MiB onnx; {plan}")
-    if m.get("model", {}).get("name") != "rewas-m":
+    print(f"engines: {engines} (model {m.model.name}, built {m.created})")
+    for name, g in m.graphs.items():
+        plan = g.engine.precision if g.engine else "no TensorRT engine"
+        print(f"  {name:13s} {g.onnx.bytes / 2**20:9.1f} MiB onnx; {plan}")
+    if m.model.name != "rewas-m":
         print(RELEASE_HINT)
     return 0
 
@@ -184,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -193,14 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show_warning
-    try:
-        return args.func(args)
-    except RewasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -185,9 +185,10 @@ def test_engines_built_for_another_gpu(tmp_path, clip, engines, capsys):
     m = json.loads((copy / "manifest.json").read_text())
     plan = copy / "phi.plan"
     plan.write_bytes(b"not really an engine")
-    from rewas_rt.manifest import file_entry, write_manifest
+    from export.manifest_sections import file_entry
+    from rewas_rt.manifest import write_manifest
 
-    m["graphs"]["phi"]["engine"] = {**file_entry(copy, "phi.plan"), "precision": "fp16", "fp32_layers": [],
+    m["graphs"]["phi"]["engine"] = {**vars(file_entry(copy, "phi.plan")), "precision": "fp16", "fp32_layers": [],
                                     "tensorrt_version": "10.0.0", "compute_capability": "9.9", "gpu": "Imaginary",
                                     "fingerprint": "0" * 64}
     write_manifest(copy, m)

@@ -66,6 +66,7 @@ import torch
 from rewas_rt import constants as C
 from rewas_rt import energy as E
 from rewas_rt.atomic import atomic_path
+from rewas_rt.errors import RewasError
 from training.components import ComponentSource, fingerprint
 
 CACHE_VERSION = 1
@@ -88,7 +89,7 @@ AUDIO_PREP = {
 }
 
 
-class DataError(ValueError):
+class DataError(RewasError, ValueError):
     """A manifest or media problem; the message names the file and line."""
 
 

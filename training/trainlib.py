@@ -37,6 +37,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from rewas_rt.atomic import atomic_path, atomic_write_text
+from rewas_rt.errors import ConfigError, MissingFileError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 STATE_FILE = "training_state.pt"
 
@@ -87,7 +90,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 def set_dotted(cfg: dict, assignment: str) -> None:
     """``a.b=VALUE``: VALUE parsed as JSON when it parses, else kept as a string."""
     if "=" not in assignment:
-        raise ValueError(f"--set needs KEY=VALUE, got {assignment!r}")
+        raise ConfigError(f"--set needs KEY=VALUE, got {assignment!r}")
     key, raw = assignment.split("=", 1)
     try:
         value = json.loads(raw)
@@ -108,7 +111,7 @@ def load_config(spec: str | None, trainer: str, defaults: dict) -> dict:
         if not path.is_file():
             path = CONFIG_DIR / f"{trainer}_{spec.replace('-', '_')}.json"
         if not path.is_file():
-            raise FileNotFoundError(f"config {spec!r}: no such file, and no {path}")
+            raise MissingFileError(f"config {spec!r}: no such file, and no {path}")
         cfg = deep_merge(cfg, json.loads(path.read_text()))
     return cfg
 
@@ -146,9 +149,9 @@ def resolve_config(args: argparse.Namespace, trainer: str, defaults: dict) -> di
     known = _flatten(deep_merge(COMMON_DEFAULTS, defaults))
     unknown = [k for k in _flatten(cfg) if k not in known and not k.startswith(("_comment", "phi."))]
     if unknown:
-        raise ValueError(f"unknown config entr{'y' if len(unknown) == 1 else 'ies'}: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown config entr{'y' if len(unknown) == 1 else 'ies'}: {', '.join(sorted(unknown))}")
     if not cfg["data"]["manifest"]:
-        raise ValueError("no data: pass --data MANIFEST (or set data.manifest)")
+        raise ConfigError("no data: pass --data MANIFEST (or set data.manifest)")
     if not cfg["data"]["cache_dir"]:
         cfg["data"]["cache_dir"] = str(Path(cfg["data"]["manifest"]).resolve().parent / "cache")
     return cfg
@@ -170,7 +173,7 @@ def precision_setup(precision: str, device: torch.device) -> tuple[torch.dtype |
     else fp16 with a GradScaler; fp32 on CPU. An explicit bf16/fp16 is honoured on CPU too
     (CPU autocast; mainly so the mixed-precision path can be tested without a GPU)."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"train.precision {precision!r}: auto, fp32, bf16 or fp16")
+        raise ConfigError(f"train.precision {precision!r}: auto, fp32, bf16 or fp16")
     if precision == "auto":
         if device.type != "cuda":
             return None, False
@@ -244,11 +247,11 @@ def find_checkpoint(out: Path, resume: str) -> Path:
     if resume != "latest":
         path = Path(resume)
         if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{path}: no {STATE_FILE}")
+            raise MissingFileError(f"{path}: no {STATE_FILE}")
         return path
     latest = out / "checkpoints" / "latest"
     if not latest.is_file():
-        raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/latest)")
+        raise MissingFileError(f"{out}: nothing to resume (no checkpoints/latest)")
     return out / "checkpoints" / latest.read_text().strip()
 
 
@@ -284,12 +287,9 @@ class Loop:
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "rng": rng_state(), "config": self.cfg}
-        tmp = folder / f".{STATE_FILE}.tmp"
-        torch.save(state, tmp)
-        tmp.replace(folder / STATE_FILE)
-        latest = self.out / "checkpoints" / "latest"
-        latest.with_suffix(".tmp").write_text(folder.name + "\n")
-        latest.with_suffix(".tmp").replace(latest)
+        with atomic_path(folder / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+        atomic_write_text(self.out / "checkpoints" / "latest", folder.name + "\n")  # last: the folder is complete
         keep = self.cfg["train"]["keep_checkpoints"]
         if keep and keep > 0:
             for old in sorted((self.out / "checkpoints").glob("step_*"))[:-keep]:
@@ -408,5 +408,5 @@ def run(cfg: dict, out: Path, component: str, model: torch.nn.Module, model_cfg,
                                    {component: (model.state_dict(), model_cfg, {**meta, "step": loop.step})})
         log(f"canonical folder {export_dir}: {len(written)} files")
         result["export_dir"] = str(export_dir)
-    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "result.json", json.dumps(result, indent=1) + "\n")
     return result

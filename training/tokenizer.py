@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 
 from rewas_rt import constants as C
+from rewas_rt.errors import RewasError
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # RoBERTa ids 0..3, <mask> last in roberta-base
 BOS, PAD, EOS = 0, 1, 2
 
 
-class TokenizerError(ValueError):
+class TokenizerError(RewasError, ValueError):
     pass
 
 
