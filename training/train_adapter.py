@@ -37,6 +37,7 @@ from rewas_rt.ddim import linear_schedule
 from rewas_rt.atomic import atomic_write_text
 from rewas_rt.errors import ConfigError, cli_main
 from training import trainlib
+from training.config import AdapterTrainerConfig
 from training.components import ComponentSource, freeze, open_source
 from training.data import FeatureStore, read_manifest, windows
 from training.models.adapter import Adapter, AdapterConfig
@@ -46,16 +47,7 @@ from training.models.unet import UNet
 COMPONENT = "adapter"
 # Layers the adapter has and the UNet has not, and how ControlNet initialises them.
 ADAPTER_ONLY_PREFIXES = ("zero_convs.", "middle_block_out.", "input_hint_block.")
-DEFAULTS = {
-    "adapter": {
-        "init": "unet",
-        "cfg_dropout": 0.3,
-        "val_timesteps": [50, 250, 500, 750, 950],
-    },
-    "data": {"latent": "sample"},
-    "optim": {"lr": 3e-5, "weight_decay": 0.01},
-    "train": {"batch_size": 4},
-}
+DEFAULTS = AdapterTrainerConfig  # the typed config (training/config.py): defaults, and the keys it accepts
 
 
 def adapter_config(source: ComponentSource, unet_cfg) -> AdapterConfig:

@@ -30,17 +30,13 @@ from rewas_rt import constants as C
 from rewas_rt.atomic import atomic_write_text
 from rewas_rt.errors import ConfigError, cli_main
 from training import trainlib
+from training.config import PhiTrainerConfig
 from training.components import ComponentSource, open_source
 from training.data import FeatureStore, energy_mae, read_manifest, windows
 from training.models.phi import Phi, PhiConfig
 
 COMPONENT = "phi"
-DEFAULTS = {
-    "init": "random",
-    "phi": {"attention": "time"},  # PhiConfig overrides on top of the base φ config
-    "optim": {"lr": 1e-4},
-    "train": {"batch_size": 8},
-}
+DEFAULTS = PhiTrainerConfig  # the typed config (training/config.py): defaults, and the keys it accepts
 
 
 def base_phi_config(source: ComponentSource) -> PhiConfig:
