@@ -39,6 +39,7 @@ from rewas_rt.errors import RewasError, cli_main
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
 
 from export import manifest_sections as S
+from export.graph_table import GRAPH_EXPORTS
 
 ENGINE_BUILD_VERSION = 1  # bump when tensorrt_build changes what it builds
 
@@ -112,7 +113,7 @@ def _export_graph(source, g: str, out: Path, args) -> tuple[M.Graph, str]:
     fp16 = None
     fp32_layers: list[str] = []
     if not args.no_fp16_check:
-        feeds = E.sample_inputs(spec, source.configs, 1, E.PARITY_TEXT_LEN, seed=args.seed + 3)
+        feeds = E.sample_inputs(spec, source.configs, GRAPH_EXPORTS[g].fp16_batch, E.PARITY_TEXT_LEN, seed=args.seed + 3)
         rep = fp16_check.check_graph(res.onnx, feeds, headroom=args.headroom, graph=g)
         fp16 = {**rep.to_dict(), "reasons_by_node": rep.reasons}
         fp32_layers = rep.fp32_layers

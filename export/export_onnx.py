@@ -44,6 +44,8 @@ from rewas_rt import constants as C
 from rewas_rt.atomic import atomic_write_text
 from rewas_rt.errors import RewasError, cli_main
 from rewas_rt.graphs import GRAPHS, GraphSpec
+
+from export.graph_table import GRAPH_EXPORTS
 from training.models.presets import RANDOM_INIT_VERSION, component_seed, randomize_
 
 EXPORTER = "torchscript"
@@ -59,19 +61,10 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 # Trace batch (and text length) vs the batch the parity check runs at: they must differ.
 TRACE_BATCH = 2
 TRACE_TEXT_LEN = 7
-PARITY_BATCH = 3
 PARITY_TEXT_LEN = 11
 
-# Which canonical components each graph is built from.
-GRAPH_COMPONENTS: dict[str, tuple[str, ...]] = {
-    "synchformer": ("synchformer",),
-    "phi": ("phi",),
-    "clap_text": ("clap_text",),
-    "vae_encoder": ("vae",),
-    "unet_adapter": ("unet", "adapter"),
-    "vae_decoder": ("vae",),
-    "vocoder": ("vocoder",),
-}
+# Which canonical components each graph is built from (the table's, by name).
+GRAPH_COMPONENTS: dict[str, tuple[str, ...]] = {g: e.components for g, e in GRAPH_EXPORTS.items()}
 COMPONENT_NAMES = ("unet", "adapter", "vae", "vocoder", "clap_text", "synchformer", "phi")
 
 
@@ -228,27 +221,10 @@ def check_consistency(configs: Mapping[str, Any]) -> None:
 
 
 def graph_module(graph: str, comps: Mapping[str, Any]):
-    """The nn.Module whose forward(*inputs in GRAPHS order) is the graph."""
-    from training.models.denoiser import Denoiser
-    from training.models.vae import VAEDecoderGraph, VAEEncoderGraph
-
-    if graph == "synchformer":
-        m = comps["synchformer"]  # (B,S,C,T,H,W) -> (B,S,8,D)
-    elif graph == "phi":
-        m = comps["phi"]
-    elif graph == "clap_text":
-        m = comps["clap_text"]  # forward(input_ids, attention_mask)
-    elif graph == "vae_encoder":
-        m = VAEEncoderGraph(comps["vae"])  # moments, unclamped: the posterior is NumPy (rewas_rt.latent)
-    elif graph == "unet_adapter":
-        m = Denoiser(comps["unet"], comps["adapter"])  # forward(x_t, timesteps, film, hint)
-    elif graph == "vae_decoder":
-        m = VAEDecoderGraph(comps["vae"])  # scale factor baked in
-    elif graph == "vocoder":
-        m = comps["vocoder"]
-    else:
+    """The nn.Module whose forward(*inputs in GRAPHS order) is the graph (``GRAPH_EXPORTS[graph].module``)."""
+    if graph not in GRAPH_EXPORTS:
         raise ExportError(f"unknown graph {graph!r} (known: {', '.join(GRAPHS)})")
-    return m.float().eval()
+    return GRAPH_EXPORTS[graph].module(comps).float().eval()
 
 
 # --------------------------------------------------------------------------- inputs
@@ -256,48 +232,16 @@ def graph_module(graph: str, comps: Mapping[str, Any]):
 
 def sample_inputs(spec: GraphSpec, configs: Mapping[str, Any], batch: int, text_len: int = PARITY_TEXT_LEN,
                   seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs in each graph's valid range, for tracing, parity and the FP16 check."""
+    """Random inputs in each graph's valid range (``GRAPH_EXPORTS[graph].inputs``), for tracing,
+    parity and the FP16 check."""
     rng = np.random.default_rng(seed)
     axes = {"batch": batch, "cfg_batch": batch, "text_len": text_len}
+    makers = GRAPH_EXPORTS[spec.name].inputs
     out: dict[str, np.ndarray] = {}
-
-    def log_mel(shape):
-        return np.clip(rng.normal(-5.0, 2.0, shape), math.log(C.LOG_MEL_CLAMP), 3.0).astype(np.float32)
-
     for t in spec.inputs:
-        shape = spec.concrete_shape(t, **axes)
-        name = (spec.name, t.name)
-        if name == ("synchformer", "video"):
-            x = rng.uniform(-1.0, 1.0, shape)
-        elif name == ("clap_text", "input_ids"):
-            x = _token_ids(rng, shape, configs["clap_text"])
-        elif name == ("clap_text", "attention_mask"):
-            x = (out["input_ids"] != configs["clap_text"].pad_token_id).astype(np.int64)
-        elif name in (("vae_encoder", "mel"), ("vocoder", "mel")):
-            x = log_mel(shape)
-        elif name == ("unet_adapter", "timesteps"):
-            x = rng.integers(0, C.TRAIN_STEPS, shape)
-            x[0] = C.TRAIN_STEPS - 1  # the first (largest) DDIM timestep range is always covered
-        elif name == ("unet_adapter", "film"):
-            x = rng.standard_normal(shape)
-            x /= np.linalg.norm(x, axis=-1, keepdims=True)  # CLAP embeddings are L2-normalised
-        else:  # phi features, latents, hint
-            x = rng.standard_normal(shape)
-        out[t.name] = np.ascontiguousarray(x.astype(t.dtype))
+        x = makers[t.name](rng, spec.concrete_shape(t, **axes), configs, out)
+        out[t.name] = np.ascontiguousarray(np.asarray(x).astype(t.dtype))
     return out
-
-
-def _token_ids(rng: np.random.Generator, shape: tuple[int, int], cfg) -> np.ndarray:
-    """<s> w … w </s> <pad> …: row 0 full length, the others shorter; word ids avoid the specials."""
-    b, length = shape
-    ids = np.full(shape, cfg.pad_token_id, dtype=np.int64)
-    first_word = max(cfg.bos_token_id, cfg.pad_token_id, cfg.eos_token_id) + 1
-    for i in range(b):
-        n = length if i == 0 else int(rng.integers(2, length + 1))
-        ids[i, 0] = cfg.bos_token_id
-        ids[i, 1:n - 1] = rng.integers(first_word, cfg.vocab_size, n - 2)
-        ids[i, n - 1] = cfg.eos_token_id
-    return ids
 
 
 # --------------------------------------------------------------------------- run
@@ -467,13 +411,14 @@ def export_graph(module, spec: GraphSpec, out_dir: str | os.PathLike, example: M
         del model
         onnx.shape_inference.infer_shapes_path(str(staged), str(staged))
         onnx.checker.check_model(str(staged))
-        from rewas_rt.atomic import default_file_mode
+        from rewas_rt.atomic import default_file_mode, fsync_path, publish_together
 
-        for f in (staged, tmp / final_data.name) if big else (staged,):
+        pairs = [(str(tmp / final_data.name), str(final_data))] if big else []
+        pairs.append((str(staged), str(final_onnx)))
+        for f, _ in pairs:
             os.chmod(f, default_file_mode())  # onnx writes external data as 0600
-        if big:
-            os.replace(tmp / final_data.name, final_data)
-        os.replace(staged, final_onnx)
+            fsync_path(f)
+        publish_together(pairs)  # .onnx.data and .onnx as a pair: a failure restores both
         if not big:
             final_data.unlink(missing_ok=True)
     except ExportError:
@@ -495,15 +440,10 @@ def export_and_check(source: ModelSource, graph: str, out_dir: str | os.PathLike
     result = export_graph(module, spec, out_dir, example, external_data=external_data)
     par = None
     if check:
-        batch = parity_batch or default_parity_batch(graph)
+        batch = parity_batch or GRAPH_EXPORTS[graph].parity_batch
         feeds = sample_inputs(spec, source.configs, batch, PARITY_TEXT_LEN, seed=seed + 2)
         par = parity(module, spec, result.onnx, feeds, rtol)
     return result, par
-
-
-def default_parity_batch(graph: str) -> int:
-    # One synchformer item is 14 segments of 16 frames at 224x224 (134 MB): keep it at 1.
-    return 1 if graph == "synchformer" else PARITY_BATCH
 
 
 def fmt_parity(p: Mapping[str, Any] | None) -> str:

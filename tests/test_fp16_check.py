@@ -146,5 +146,10 @@ def test_cli_on_a_graph_file(tmp_path, capsys):
     capsys.readouterr()
     assert F.main([str(tmp_path / "nope.onnx")]) == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope.onnx'} does not exist\n"
-    assert F.main([str(out)]) == 1  # r.json: not <graph>.onnx
-    assert "the file name must be <graph>.onnx" in capsys.readouterr().err
+    assert F.main([str(out)]) == 1  # r.json
+    assert "r.json: not an ONNX model" in capsys.readouterr().err
+    renamed = tmp_path / "sub" / "model.onnx"  # recognised by its inputs/outputs, not its file name
+    renamed.parent.mkdir()
+    path.rename(renamed)
+    assert F.main([str(renamed.parent), "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())) == {"phi"}
