@@ -116,3 +116,57 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def publish_together(pairs: list[tuple[str, str]]) -> None:
+    """Rename each fsynced temporary file onto its target, all or none.
+
+    Renames cannot be one atomic step, so each target that existed is first kept under a
+    hard-linked backup name; if a later rename fails, the earlier ones are rolled back
+    from those backups. (A crash between two renames can still leave a mix.)
+    """
+    backups: list[tuple[str, str | None]] = []
+    try:
+        for tmp, final in pairs:
+            backup = None
+            if os.path.exists(final):
+                backup = temp_name(final)
+                os.link(final, backup)
+            backups.append((final, backup))
+            os.replace(tmp, final)
+    except OSError as err:
+        for final, backup in reversed(backups):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, final)
+                else:
+                    os.unlink(final)
+        final = pairs[len(backups) - 1][1] if backups else pairs[0][1]
+        raise OutputError(f"cannot write {final}: {os_reason(err, os.path.dirname(os.path.abspath(final)))}") from None
+    finally:
+        for _, backup in backups:
+            if backup is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(backup)
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[str]]:
+    """``atomic_path`` for several outputs of one request: yield one temporary path per target;
+    only when the whole block succeeds are all of them fsynced and published together
+    (``publish_together``). On any exception no target is touched and no temporary is left."""
+    paths = [os.fspath(p) for p in paths]
+    if len(set(map(os.path.abspath, paths))) != len(paths):
+        raise OutputError("the same output file is named twice: " + ", ".join(paths))
+    tmps: list[str] = []
+    try:
+        for p in paths:
+            tmps.append(create_temp(p))
+        yield list(tmps)
+        for t in tmps:
+            fsync_path(t)
+        publish_together(list(zip(tmps, paths)))
+    finally:
+        for t in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(t)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rewas_rt import __version__
 from rewas_rt import constants as C
+from rewas_rt.atomic import atomic_paths
 from rewas_rt.errors import OutputError, RewasError, cli_main
 
 DEFAULT_ENGINES = os.environ.get("REWAS_ENGINES", "engines")
@@ -90,20 +91,27 @@ def _infer(args: argparse.Namespace) -> int:
     (result,) = pipe.generate([request], options, progress=_Progress(not args.quiet))
 
     samples = round(clip.real_seconds * C.SAMPLE_RATE)  # the generated track covers the video window
+    # Every output of the request goes to a temporary name first; they are published together
+    # only when all were written, so a failure at any step (e.g. a stream the container cannot
+    # take) leaves no file of this request behind and no earlier file replaced.
+    writers = []
     for i, wave in enumerate(result.waveforms):
-        wav_path = _numbered(out, i, args.candidates)
-        write_wav(wav_path, wave[:samples])
-        _say(args, f"wrote {wav_path}")
+        writers.append((_numbered(out, i, args.candidates), lambda p, w=wave: write_wav(p, w[:samples])))
         if args.mux:
-            mux_path = _numbered(Path(args.mux), i, args.candidates)
-            mux(video_path, wave[:samples], C.SAMPLE_RATE, mux_path, start=clip.start)
-            _say(args, f"wrote {mux_path}")
+            writers.append((_numbered(Path(args.mux), i, args.candidates),
+                            lambda p, w=wave: mux(video_path, w[:samples], C.SAMPLE_RATE, p, start=clip.start)))
     if args.write_energy:
-        write_curve_csv(args.write_energy, result.energy)
-        _say(args, f"wrote {args.write_energy}")
+        writers.append((Path(args.write_energy), lambda p: write_curve_csv(p, result.energy)))
     if args.plot_energy:
-        plot_curve(args.plot_energy, result.energy, clip.frames[: clip.real_frames])
-        _say(args, f"wrote {args.plot_energy}")
+        writers.append((Path(args.plot_energy), lambda p: plot_curve(p, result.energy, clip.frames[: clip.real_frames])))
+    with atomic_paths([p for p, _ in writers]) as tmps:
+        for tmp, (final, write) in zip(tmps, writers):
+            try:
+                write(tmp)
+            except OutputError as e:  # name the file the user asked for, not the temporary one
+                raise OutputError(str(e).replace(tmp, str(final))) from None
+    for final, _ in writers:
+        _say(args, f"wrote {final}")
     if args.verbose:
         for stage, secs in pipe.timings.items():
             _say(args, f"  {stage:14s} {secs * 1000:9.1f} ms")
