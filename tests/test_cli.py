@@ -201,24 +201,32 @@ def test_tampered_engine_directory(tmp_path, clip, engines, capsys):
     assert not (tmp_path / "o.wav").exists()
 
 
-def test_engines_built_for_another_gpu(tmp_path, clip, engines, capsys):
-    """A manifest that claims TensorRT engines for another GPU is refused (the runtime here
-    cannot use TensorRT at all, so the request for it names the reason)."""
+def test_engines_built_for_another_gpu(tmp_path, clip, engines, capsys, monkeypatch):
+    """A directory whose TensorRT engines were built for another GPU is refused, naming both GPUs.
+    The TensorRT backend is made available with a stand-in probe (no GPU here), so the request
+    reaches the manifest's engine check instead of stopping at "TensorRT is not installed"."""
+    from export.manifest_sections import file_entry
+    from rewas_rt.backends import tensorrt as trt_backend
+    from rewas_rt.graphs import GRAPHS
+    from rewas_rt.manifest import write_manifest
+
     copy = tmp_path / "engines"
     shutil.copytree(engines, copy)
     m = json.loads((copy / "manifest.json").read_text())
-    plan = copy / "phi.plan"
-    plan.write_bytes(b"not really an engine")
-    from export.manifest_sections import file_entry
-    from rewas_rt.manifest import write_manifest
-
-    m["graphs"]["phi"]["engine"] = {**vars(file_entry(copy, "phi.plan")), "precision": "fp16", "fp32_layers": [],
+    for g in GRAPHS:
+        (copy / f"{g}.plan").write_bytes(b"not really an engine " + g.encode())
+        m["graphs"][g]["engine"] = {**vars(file_entry(copy, f"{g}.plan")), "precision": "fp16", "fp32_layers": [],
                                     "tensorrt_version": "10.0.0", "compute_capability": "9.9", "gpu": "Imaginary",
                                     "fingerprint": "0" * 64}
+    m["tensorrt"] = {"version": "10.0.0", "compute_capability": "9.9", "gpu": "Imaginary"}
     write_manifest(copy, m)
+    here = {"version": "10.9.0", "compute_capability": "8.9", "gpu": "Stand-in"}
+    monkeypatch.setattr(trt_backend, "_probe", lambda device_id: (True, "stand-in", here))
     code, _, err = run(capsys, "infer", clip, "rain", "--engines", copy, "--backend", "tensorrt", "-o",
                        tmp_path / "o.wav", *FAST)
-    assert_one_line_error(code, err, "tensorrt")
+    assert_one_line_error(code, err, "engine built with TensorRT 10.0.0 for compute capability 9.9 (Imaginary)",
+                          "this machine has TensorRT 10.9.0 and compute capability 8.9", "rebuild with:")
+    assert not (tmp_path / "o.wav").exists()
 
 
 def test_unwritable_output(tmp_path, clip, engines, capsys):
