@@ -1,4 +1,4 @@
-"""ONNX export, FP16 safety check and TensorRT engine building (DESIGN.md §2, §3).
+"""ONNX export, FP16 safety check and TensorRT engine building (docs/design.md §2, §5).
 
 * ``export.export_onnx`` — one ONNX graph per stage (``rewas_rt.graphs.GRAPHS``) from the
   canonical checkpoints or random weights of a named preset, parity-checked in ONNX Runtime.

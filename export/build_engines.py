@@ -1,4 +1,4 @@
-"""Write a complete engine directory (DESIGN.md §3): ONNX graphs, FP16 TensorRT engines
+"""Write a complete engine directory (docs/design.md §5): ONNX graphs, FP16 TensorRT engines
 when TensorRT and a GPU are present, the tokenizer and ``manifest.json``::
 
     python export/build_engines.py --checkpoints checkpoints/ --tokenizer roberta-base/ --out engines/

@@ -10,7 +10,7 @@ full-size benchmarks)::
 
 Exporter: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``). Every module
 here traces to plain ops with it (no data-dependent control flow), it takes ~13 s for the
-full-size UNet+adapter against ~41 s for the dynamo exporter (DESIGN.md §7), and its node
+full-size UNet+adapter against ~41 s for the dynamo exporter (docs/design.md §9), and its node
 names carry the module scopes (``/unet/input_blocks.1/...``), which the FP16 report and
 the TensorRT precision constraints refer to. Opset 18: the version TensorRT 10 is known to
 parse for everything here (23 would emit GroupNormalization/Attention ops of unchecked

@@ -1,4 +1,4 @@
-"""The ReWaS generation pipeline on exported engines (DESIGN.md §1), NumPy only.
+"""The ReWaS generation pipeline on exported engines (docs/design.md §1), NumPy only.
 
 Differences from the original that do not change the maths (each is tested
 against ``training/pipeline.py``): both CFG branches run in one engine call;

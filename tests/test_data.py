@@ -1,4 +1,4 @@
-"""training.data: manifests, windows, targets (DESIGN.md §1 energy of real audio) and the
+"""training.data: manifests, windows, targets (docs/design.md §4 energy of real audio) and the
 frozen-encoder feature cache (computed once, reused; new key when weights or preprocessing change)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Video input (DESIGN.md §1 rows 1–2) on small videos generated here with PyAV."""
+"""Video input (docs/design.md §1 stages 1–2) on small videos generated here with PyAV."""
 from __future__ import annotations
 
 import warnings

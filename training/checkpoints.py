@@ -1,6 +1,6 @@
 """Released ReWaS checkpoint files -> one canonical safetensors file per component.
 
-The released files (DESIGN.md §5) hold the components under different prefixes
+The released files (docs/design.md §7) hold the components under different prefixes
 and layouts. This module is the one place that knows them: ``ROUTES`` says, per
 file, where every key goes (a component, or deliberately nowhere); the rest is
 generic. The merge order reproduces the original's load order: the separate

@@ -8,7 +8,7 @@
   and RoBERTa's special ids (``<s>`` = 0, ``<pad>`` = 1, ``</s>`` = 2), so "" → [0, 2].
 
 Either way truncation at ``TEXT_MAX_TOKENS`` is part of the file and padding is not (the
-runtime tokenizes unpadded: DESIGN.md §1, stage 7).
+runtime tokenizes unpadded: docs/design.md §1, stage 7).
 """
 from __future__ import annotations
 

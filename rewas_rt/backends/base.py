@@ -1,4 +1,4 @@
-"""The backend interface (DESIGN.md §4): named NumPy arrays in, named NumPy arrays out.
+"""The backend interface (docs/design.md §6): named NumPy arrays in, named NumPy arrays out.
 
 A ``Backend`` (ONNX Runtime with some execution provider, or native TensorRT)
 opens one ``Engine`` per graph of the engine directory. Everything the pipeline
