@@ -12,11 +12,9 @@ and candidate index, never on what else shared the batch.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ from rewas_rt.energy_control import EnergyEdit
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
 from rewas_rt.latent import scaled_latent
 from rewas_rt.manifest import open_engine_dir
+from rewas_rt.timings import TimingHook, Timings  # noqa: F401 - part of the pipeline's API
 from rewas_rt.tokenizer import PromptTokenizer
 from rewas_rt.video import normalize, segments
 
@@ -74,21 +73,9 @@ def _normal(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32)
 
 
-class Timings(dict):
-    """Seconds per stage, accumulated over a run."""
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[name] = self.get(name, 0.0) + time.perf_counter() - t0
-
-
 class Pipeline:
     def __init__(self, engine_dir: str | Path, backend: str | None = None, threads: int | None = None,
-                 checksums: bool = True):
+                 checksums: bool = True, timing_hook: TimingHook | None = None):
         plans = open_engine_dir(engine_dir, backend="onnx", checksums=False).has_engines
         self.backend = select_backend(backend, has_plans=plans, threads=threads)
         is_trt = self.backend.name == "tensorrt"
@@ -97,7 +84,7 @@ class Pipeline:
         self.tokenizer = PromptTokenizer(self.dir.tokenizer_path)
         self._engines: dict[str, Engine] = {}
         self._uncond: np.ndarray | None = None
-        self.timings = Timings()
+        self.timings = Timings(timing_hook)
 
     def engine(self, graph: str) -> Engine:
         if graph not in self._engines:
@@ -116,12 +103,14 @@ class Pipeline:
 
     def predict_energy(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Clips of (125, 224, 224, 3) uint8 frames -> smoothed energy curves (B, 512)."""
-        video = np.concatenate([normalize(segments(f)) for f in frames])
+        with self.timings.stage("video"):
+            video = np.concatenate([normalize(segments(f)) for f in frames])
         with self.timings.stage("synchformer"):
             feats = self._run("synchformer", video=video)
         with self.timings.stage("phi"):
             phi_out = self._run("phi", features=feats.reshape(feats.shape[0], C.ENERGY_STEPS, -1))
-        return energy_from_phi(phi_out[..., 0])
+        with self.timings.stage("energy_post"):
+            return energy_from_phi(phi_out[..., 0])
 
     def text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
         ids, mask = self.tokenizer.batch(list(prompts))
