@@ -59,13 +59,12 @@ def test_infer_writes_wav_mux_curve_and_plot(tmp_path, clip, engines, capsys):
     with av.open(str(mp4)) as c:
         assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
         muxed = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
-    # The muxed track is the WAV (AAC-coded) cut at the end of the 6 s video: 5 s of sound + 1 s of nothing.
+    # The muxed track is the WAV, AAC-coded: as long (up to the last 1024-sample AAC frame) and the same
+    # signal (correlation 0.9986 measured here on 2026-12-02 with the tiny model; AAC is lossy, hence > 0.95).
     wave = sf.read(str(wav), dtype="float32")[0]
-    assert abs(muxed.size - 6 * C.SAMPLE_RATE) <= 2048, muxed.size  # AAC frames are 1024 samples
-    lag = 2048  # AAC encoder delay is trimmed by the decoder; compare the body of the signal
-    body = slice(lag, C.VIDEO_SECONDS * C.SAMPLE_RATE - lag)
-    assert np.corrcoef(muxed[body], wave[body])[0, 1] > 0.9
-    assert np.abs(muxed[C.VIDEO_SECONDS * C.SAMPLE_RATE + lag:]).max() < 1e-3
+    assert 0 <= muxed.size - wave.size <= 2 * 1024, (muxed.size, wave.size)
+    body = slice(2048, wave.size - 2048)  # away from the encoder's start-up and end frames
+    assert np.corrcoef(muxed[body], wave[body])[0, 1] > 0.95
     assert video_packets(mp4) == video_packets(clip)  # every video packet copied, bit for bit
     rows = csv.read_text().splitlines()
     assert rows[0] == "time_s,energy" and len(rows) == 1 + C.MEL_FRAMES
@@ -152,7 +151,7 @@ BAD_VIDEO_MESSAGES = {
 def test_bad_video_input(case, tmp_path, clip, engines, capsys):
     video = {
         "missing": lambda: tmp_path / "nope.mp4",
-        "not_video": lambda: (tmp_path / "t.mp4").write_text("hello") or tmp_path / "t.mp4",
+        "not_video": lambda: (tmp_path / "t.mp4").write_text("hello") and tmp_path / "t.mp4",
         "no_video_stream": lambda: _audio_only(tmp_path / "a.m4a"),
         "zero_frames": lambda: _no_frames(tmp_path / "z.mp4"),
         "corrupt": lambda: _truncated(tmp_path / "c.mp4", clip),
@@ -263,7 +262,7 @@ def test_unmuxable_stream_with_candidates_leaves_nothing(tmp_path, engines, caps
     (tmp_path / "out.1.wav").write_bytes(b"an earlier result")
     code, _, err = run(capsys, "infer", video, "rain", "--engines", engines, "-o", tmp_path / "out.wav",
                        "--candidates", "2", "--mux", tmp_path / "out.mp4", "--write-energy", tmp_path / "e.csv",
-                       *FAST)
+                       "-q", *FAST)
     assert_one_line_error(code, err, "out.0.mp4", "vp8 video cannot go in a .mp4 file")
     assert ".tmp" not in err  # the message names the file asked for
     assert _leftovers(tmp_path, {"vp8.mkv"}) == ["out.1.wav"]
@@ -293,7 +292,7 @@ def test_a_failure_at_any_output_step_leaves_nothing(module, name, nth, tmp_path
     monkeypatch.setattr(mod, name, failing)
     code, _, err = run(capsys, "infer", clip, "rain", "--engines", engines, "-o", tmp_path / "o.wav",
                        "--candidates", "2", "--mux", tmp_path / "o.mp4", "--write-energy", tmp_path / "e.csv",
-                       "--plot-energy", tmp_path / "e.png", *FAST)
+                       "--plot-energy", tmp_path / "e.png", "-q", *FAST)
     assert_one_line_error(code, err, f"disk full while writing step {name} #{nth}")
     assert len(calls) == nth
     assert _leftovers(tmp_path, set()) == []  # no output, no temporary file
