@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = (
     "rewas_rt.cli", "export.build_engines", "export.export_onnx", "export.fp16_check",
     "training.synthetic", "training.import_checkpoints", "training.train_phi", "training.train_adapter",
-    "training.compare_phi_attention", "benchmarks.latency", "benchmarks.quality",
+    "training.compare_phi_attention", "benchmarks.latency", "benchmarks.quality", "export.release",
+    "benchmarks.import_memory",
 )
 # Every user-facing error class: module, name.
 ERRORS = (
@@ -25,6 +26,7 @@ ERRORS = (
     ("training.data", "DataError"), ("training.checkpoints", "CheckpointError"),
     ("training.tokenizer", "TokenizerError"), ("export.build_engines", "BuildError"),
     ("export.tensorrt_build", "EngineBuildError"), ("export.export_onnx", "ExportError"),
+    ("export.release", "ReleaseError"),
 )
 
 
