@@ -50,6 +50,10 @@ def worker(engines: str, seconds: float, steps: int, threads: int | None) -> dic
                 "stages_s": dict(pipe.timings)}
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engines", required=True)

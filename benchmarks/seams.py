@@ -271,6 +271,10 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engines", help="engine directory (the real pipeline); without it only the oracle runs")

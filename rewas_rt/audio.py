@@ -1,5 +1,5 @@
 """Audio I/O: read any audio or video file's sound as 16 kHz mono, write WAV files,
-and mux generated audio into a copy of the input video (DESIGN.md §1 row 12).
+and mux generated audio into a copy of the input video (docs/design.md §1 stage 12).
 
 Times are on the file's timeline (``media.py``), shared with ``video.load_video``,
 so audio read from a video lines up with its frames.

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from rewas_rt import __version__
 from rewas_rt import constants as C
-from rewas_rt.errors import OutputError, RewasError
+from rewas_rt.atomic import atomic_paths
+from rewas_rt.errors import OutputError, RewasError, cli_main
 
 DEFAULT_ENGINES = os.environ.get("REWAS_ENGINES", "engines")
 
@@ -118,21 +119,30 @@ def _infer(args: argparse.Namespace) -> int:
     )
     result = pipe.generate_video(request, options, progress=_Progress(not args.quiet))
 
+    # Every output of the request goes to a temporary name first; they are published together
+    # only when all were written, so a failure at any step (e.g. a stream the container cannot
+    # take) leaves no file of this request behind and no earlier file replaced.
+    writers = []
     for i, wave in enumerate(result.waveforms):  # the whole clip: plan.frames video frames long
-        wav_path = _numbered(out, i, args.candidates)
-        write_wav(wav_path, wave)
-        _say(args, f"wrote {wav_path}")
+        writers.append((_numbered(out, i, args.candidates), lambda p, w=wave: write_wav(p, w)))
         if args.mux:
-            mux_path = _numbered(Path(args.mux), i, args.candidates)
-            mux(video_path, wave, C.SAMPLE_RATE, mux_path, start=args.start)
-            _say(args, f"wrote {mux_path}")
+            writers.append((_numbered(Path(args.mux), i, args.candidates),
+                            lambda p, w=wave: mux(video_path, w, C.SAMPLE_RATE, p, start=args.start)))
     if args.write_energy:
-        write_curve_csv(args.write_energy, result.energy)
-        _say(args, f"wrote {args.write_energy}")
+        writers.append((Path(args.write_energy), lambda p: write_curve_csv(p, result.energy)))
     if args.plot_energy:  # with the frames under the curve for one window; a longer clip's would not fit
-        frames = load_video(video_path, args.start).frames[: plan.frames] if len(plan) == 1 else None
-        plot_curve(args.plot_energy, result.energy, frames)
-        _say(args, f"wrote {args.plot_energy}")
+        def _plot(p):
+            frames = load_video(video_path, args.start).frames[: plan.frames] if len(plan) == 1 else None
+            plot_curve(p, result.energy, frames)
+        writers.append((Path(args.plot_energy), _plot))
+    with atomic_paths([p for p, _ in writers]) as tmps:
+        for tmp, (final, write) in zip(tmps, writers):
+            try:
+                write(tmp)
+            except OutputError as e:  # name the file the user asked for, not the temporary one
+                raise OutputError(str(e).replace(tmp, str(final))) from None
+    for final, _ in writers:
+        _say(args, f"wrote {final}")
     if args.verbose:
         for stage, secs in pipe.timings.items():
             _say(args, f"  {stage:14s} {secs * 1000:9.1f} ms")
@@ -158,14 +168,14 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     d = open_engine_dir(engines, checksums=False)
     m = d.manifest
-    print(f"engines: {engines} (model {m.get('model', {}).get('name', '?')}, built {m.get('created', '?')})")
-    for name, g in m["graphs"].items():
-        e = g["engine"]
-        plan = (f"TensorRT {e['precision']}" + (f" ({e['typing']}ly typed)" if e.get("typing") else "")) if e \
+    print(f"engines: {engines} (model {m.model.name}, built {m.created})")
+    for name, g in m.graphs.items():
+        e = g.engine
+        plan = (f"TensorRT {e.precision}" + (f" ({e.typing}ly typed)" if e.typing else "")) if e \
             else "no TensorRT engine"
-        fp16 = " + FP16 graph" if g.get("fp16_onnx") else ""
-        print(f"  {name:13s} {g['onnx']['bytes'] / 2**20:9.1f} MiB onnx{fp16}; {plan}")
-    if m.get("model", {}).get("name") != "rewas-m":
+        fp16 = " + FP16 graph" if g.fp16_onnx else ""
+        print(f"  {name:13s} {g.onnx.bytes / 2**20:9.1f} MiB onnx{fp16}; {plan}")
+    if m.model.name != "rewas-m":
         print(RELEASE_HINT)
     return 0
 
@@ -216,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -225,14 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show_warning
-    try:
-        return args.func(args)
-    except RewasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return args.func(args)
 
 
 if __name__ == "__main__":

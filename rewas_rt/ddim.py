@@ -1,7 +1,7 @@
 """DDIM sampling with classifier-free guidance, as the original DDIMSampler does it
 (ldm/models/diffusion/ddim.py: ``make_schedule``, ``p_sample_ddim``), in NumPy.
 
-Differences that do not change the maths (DESIGN.md §1): both CFG branches go
+Differences that do not change the maths (docs/design.md §1): both CFG branches go
 through the model in one batched call, and the conditions are concatenated once
 per request instead of once per step.
 """

@@ -2,7 +2,7 @@
 
 The curve lives in the model's own units: the mean over mel bins of the natural
 log mel magnitude, one value per mel frame (512 frames = 5.12 s, 10 ms each).
-Edits happen after φ's curve is smoothed and resized (DESIGN.md §1 row 5):
+Edits happen after φ's curve is smoothed and resized (docs/design.md §1 stage 5):
 
 * ``offset`` adds to the log energy: +1 ≈ ×e louder (≈ +8.7 dB) everywhere;
 * ``scale`` stretches the curve around its own mean: >1 more dynamic, <1 flatter;

@@ -1,4 +1,4 @@
-"""The ReWaS generation pipeline on exported engines (DESIGN.md §1), NumPy only.
+"""The ReWaS generation pipeline on exported engines (docs/design.md §1), NumPy only.
 
 Differences from the original that do not change the maths (each is tested
 against ``training/pipeline.py``): both CFG branches run in one engine call;
@@ -12,12 +12,10 @@ and candidate index, never on what else shared the batch.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,6 +32,8 @@ from rewas_rt.errors import InputError
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
 from rewas_rt.latent import scaled_latent
 from rewas_rt.manifest import open_engine_dir, plan_mismatch
+from rewas_rt.timings import TimingHook, Timings  # noqa: F401 - part of the pipeline's API
+from rewas_rt.typed_json import to_json
 from rewas_rt.tokenizer import PromptTokenizer
 from rewas_rt.video import frames_available, iter_windows, load_video, normalize, segments
 from rewas_rt.windows import (MEL_PER_FRAME, WINDOW, WindowOptions, WindowPlan, join_curves,
@@ -96,23 +96,12 @@ def _normal(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32)
 
 
-class Timings(dict):
-    """Seconds per stage, accumulated over a run."""
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[name] = self.get(name, 0.0) + time.perf_counter() - t0
-
-
 class Pipeline:
     def __init__(self, engine_dir: str | Path, backend: str | Backend | None = None, threads: int | None = None,
-                 checksums: bool = True):
+                 checksums: bool = True, timing_hook: TimingHook | None = None):
         """backend: a name (or None / "auto": the automatic choice), or a ``Backend`` object
-        (e.g. ``OnnxRuntimeBackend("cpu", precision="fp16")`` to run the FP16 graphs)."""
+        (e.g. ``OnnxRuntimeBackend("cpu", precision="fp16")`` to run the FP16 graphs).
+        timing_hook: called with (stage, seconds) after every timed stage (benchmarks)."""
         listed = open_engine_dir(engine_dir, backend="onnx", checksums=False)
         if isinstance(backend, Backend):
             self.backend = backend
@@ -125,7 +114,7 @@ class Pipeline:
         self.tokenizer = PromptTokenizer(self.dir.tokenizer_path)
         self._engines: dict[str, Engine] = {}
         self._uncond: np.ndarray | None = None
-        self.timings = Timings()
+        self.timings = Timings(timing_hook)
         # Windows per engine call for generate_video's independent stages (Synchformer input is
         # 135 MB a window). Batching pays on a GPU; on the CPU it only costs memory, and the
         # memory arenas keep the largest batch's (benchmarks/long_video.py).
@@ -136,7 +125,7 @@ class Pipeline:
             files = self.dir.graph(graph)
             spec = GRAPHS[graph].resolved(feature_dim=self.dir.feature_dim)
             with self.timings.stage(f"load {graph}"):
-                self._engines[graph] = self.backend.open(graph, files.files(), spec, info=files.entry)
+                self._engines[graph] = self.backend.open(graph, files.files(), spec, info=to_json(files.entry))
         return self._engines[graph]
 
     def _run(self, graph: str, **feeds: np.ndarray) -> np.ndarray:
@@ -147,14 +136,16 @@ class Pipeline:
 
     def predict_energy(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Clips of (125, 224, 224, 3) uint8 frames -> smoothed energy curves (B, 512)."""
-        video = np.empty((len(frames), C.SEGMENTS, 3, C.SEGMENT_LEN, C.CROP, C.CROP), np.float32)
-        for i, f in enumerate(frames):  # filled in place: one clip's temporaries at a time
-            video[i] = normalize(segments(f))[0]
+        with self.timings.stage("video"):
+            video = np.empty((len(frames), C.SEGMENTS, 3, C.SEGMENT_LEN, C.CROP, C.CROP), np.float32)
+            for i, f in enumerate(frames):  # filled in place: one clip's temporaries at a time
+                video[i] = normalize(segments(f))[0]
         with self.timings.stage("synchformer"):
             feats = self._run("synchformer", video=video)
         with self.timings.stage("phi"):
             phi_out = self._run("phi", features=feats.reshape(feats.shape[0], C.ENERGY_STEPS, -1))
-        return energy_from_phi(phi_out[..., 0])
+        with self.timings.stage("energy_post"):
+            return energy_from_phi(phi_out[..., 0])
 
     def text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
         ids, mask = self.tokenizer.batch(list(prompts))

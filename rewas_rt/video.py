@@ -1,5 +1,5 @@
 """Video input: any file PyAV decodes → the window the Synchformer encoder takes
-(DESIGN.md §1 rows 1–2).
+(docs/design.md §1 stages 1–2).
 
 The original re-encodes the video with ffmpeg (``fps=25``, then
 ``scale=iw*256/min(iw,ih):ih*256/min(iw,ih)``) and centre-crops 224. We apply the
