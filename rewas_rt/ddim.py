@@ -47,6 +47,49 @@ class DDIMSchedule:
         return len(self.timesteps)
 
 
+def uniform_timesteps(ddim_steps: int, n_train: int = C.TRAIN_STEPS) -> np.ndarray:
+    """The original's "uniform" discretisation (make_ddim_timesteps): arange(0, n_train, n_train // S) + 1.
+
+    When S does not divide n_train the step count is len(arange(0, n_train, n_train // S)),
+    not S (e.g. S=7 gives 8 steps), exactly as in the original.
+    """
+    return np.arange(0, n_train, n_train // ddim_steps, dtype=np.int64) + 1
+
+
+def runnable_steps(ddim_steps: int, n_train: int = C.TRAIN_STEPS) -> bool:
+    """Whether the original can sample with S steps: every timestep must index its
+    n_train-long alphas_cumprod, i.e. the last one, 1 + the largest multiple of
+    n_train // S below n_train, must be < n_train. It is not when n_train // S divides
+    n_train − 1: S > n_train/2 (stride 1) and, for n_train = 1000, the strides 3, 9, 27,
+    37, 111, 333 (S = 3, 9, 27, 36, 37, 101–111, 251–333). The original fails there
+    with an index error; we refuse those counts before any work (``check_steps``)."""
+    if not 1 <= ddim_steps <= n_train:
+        return False
+    return int(uniform_timesteps(ddim_steps, n_train)[-1]) < n_train
+
+
+def nearest_runnable_steps(ddim_steps: int, n_train: int = C.TRAIN_STEPS) -> list[int]:
+    """The closest runnable step counts below and above ``ddim_steps`` (one or two)."""
+    below = next((s for s in range(min(ddim_steps, n_train + 1) - 1, 0, -1) if runnable_steps(s, n_train)), None)
+    above = next((s for s in range(max(ddim_steps, 0) + 1, n_train + 1) if runnable_steps(s, n_train)), None)
+    return [s for s in (below, above) if s is not None]
+
+
+def check_steps(ddim_steps: int, n_train: int = C.TRAIN_STEPS) -> None:
+    """ValueError (one line, naming the nearest runnable counts) unless ``runnable_steps``."""
+    if runnable_steps(ddim_steps, n_train):
+        return
+    near = " or ".join(map(str, nearest_runnable_steps(ddim_steps, n_train)))
+    if 1 <= ddim_steps <= n_train:
+        stride = n_train // ddim_steps
+        raise ValueError(
+            f"{ddim_steps} DDIM steps cannot run: the original's uniform schedule (timesteps 1, {1 + stride}, "
+            f"{1 + 2 * stride}, … of {n_train}) would end at {n_train}, past the last ({n_train - 1}); "
+            f"nearest valid step counts: {near}")
+    raise ValueError(f"DDIM steps must be in 1..{n_train // 2} (and runnable), got {ddim_steps}; "
+                     f"nearest valid step counts: {near}")
+
+
 def make_schedule(
     ddim_steps: int = C.DDIM_STEPS,
     eta: float = C.ETA,
@@ -54,16 +97,12 @@ def make_schedule(
     linear_end: float = C.LINEAR_END,
     n_train: int = C.TRAIN_STEPS,
 ) -> DDIMSchedule:
-    """The original's "uniform" DDIM discretisation: timesteps arange(0, n_train, n_train // S) + 1.
-
-    When S does not divide n_train the step count is len(arange(0, n_train, n_train // S)),
-    not S (e.g. S=7 gives 8 steps), exactly as in the original.
-    """
-    if not 1 <= ddim_steps <= n_train:
-        raise ValueError(f"ddim_steps must be in 1..{n_train}, got {ddim_steps}")
+    """The original's "uniform" DDIM discretisation (``uniform_timesteps``); step counts
+    it cannot run raise ValueError naming the nearest ones it can (``check_steps``)."""
+    check_steps(ddim_steps, n_train)
     _, alphas_cumprod = linear_schedule(linear_start, linear_end, n_train)
     acp = alphas_cumprod.astype(np.float32)  # the model's float32 buffer
-    timesteps = np.arange(0, n_train, n_train // ddim_steps, dtype=np.int64) + 1
+    timesteps = uniform_timesteps(ddim_steps, n_train)
     alphas = acp[timesteps]
     alphas_prev = np.concatenate([acp[:1], acp[timesteps[:-1]]]).astype(np.float64)
     # make_ddim_sampling_parameters mixes a float64 ndarray with the float32 tensor:
