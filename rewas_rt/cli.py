@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import secrets
@@ -13,6 +14,7 @@ from rewas_rt import __version__
 from rewas_rt import constants as C
 from rewas_rt.atomic import atomic_paths
 from rewas_rt.errors import OutputError, RewasError, cli_main
+from rewas_rt.options import OPTIONS
 
 DEFAULT_ENGINES = os.environ.get("REWAS_ENGINES", "engines")
 
@@ -67,7 +69,8 @@ def _clip_arguments(p: argparse.ArgumentParser) -> None:
     from rewas_rt.windows import WindowOptions
 
     limit = WindowOptions().max_duration
-    p.add_argument("--start", type=float, default=0.0, help="start of the clip in seconds (default 0)")
+    p.add_argument("--start", type=OPTIONS["start"].arg_type(), default=0.0,
+                   help="start of the clip in seconds (default 0)")
     p.add_argument("--duration", type=_duration, default=None, metavar="SECONDS|full",
                    help="length of the clip (default full: to the end of the video; 5.12 = one model window)")
     p.add_argument("--max-duration", type=float, default=limit,
@@ -78,8 +81,8 @@ def _clip_arguments(p: argparse.ArgumentParser) -> None:
 
 def _infer(args: argparse.Namespace) -> int:
     from rewas_rt.audio import mux, write_wav
-    from rewas_rt.energy_control import EnergyEdit, curve_from_audio, load_curve, plot_curve, pyplot, write_curve_csv
-    from rewas_rt.pipeline import GenerationOptions, Pipeline, VideoRequest, plan_clip
+    from rewas_rt.energy_control import curve_from_audio, load_curve, plot_curve, pyplot, write_curve_csv
+    from rewas_rt.pipeline import Pipeline, VideoRequest, plan_clip
     from rewas_rt.video import load_video
     from rewas_rt.windows import WindowOptions
 
@@ -95,8 +98,7 @@ def _infer(args: argparse.Namespace) -> int:
         _check_writable(p)
     if args.plot_energy:
         pyplot()  # fail now, not after generating, when matplotlib is missing
-    if args.candidates < 1:
-        raise RewasError("--candidates must be at least 1")
+    options = _generation_options(args)  # every value was range-checked by argparse; this checks combinations
 
     windows = WindowOptions(max_duration=args.max_duration, join=args.join,
                             fade="equal-power" if args.join == "crossfade" else "linear")
@@ -111,12 +113,7 @@ def _infer(args: argparse.Namespace) -> int:
     request.seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     _say(args, f"generating {plan.frames / C.FPS:.2f} s ({len(plan)} window{'s' * (len(plan) > 1)}) "
                f"on {pipe.backend.name} with seed {request.seed}")
-    options = GenerationOptions(
-        steps=args.steps, guidance=args.guidance, eta=args.eta, candidates=args.candidates,
-        hint_from_mean=args.hint_mean,
-        energy_edit=EnergyEdit(args.energy_scale, args.energy_offset, *(args.energy_clip or (None, None))),
-        windows=windows,
-    )
+    options = dataclasses.replace(options, windows=windows)
     result = pipe.generate_video(request, options, progress=_Progress(not args.quiet))
 
     # Every output of the request goes to a temporary name first; they are published together
@@ -148,6 +145,15 @@ def _infer(args: argparse.Namespace) -> int:
             _say(args, f"  {stage:14s} {secs * 1000:9.1f} ms")
         _say(args, f"  {'total':14s} {sum(pipe.timings.values()) * 1000:9.1f} ms")
     return 0
+
+
+def _generation_options(args: argparse.Namespace):
+    """The validated GenerationOptions of `infer`'s arguments (rewas_rt.options)."""
+    from rewas_rt.options import GenerationOptions, energy_edit
+
+    edit = energy_edit(args.energy_scale, args.energy_offset, *(args.energy_clip or (None, None)))
+    return GenerationOptions(steps=args.steps, guidance=args.guidance, eta=args.eta, candidates=args.candidates,
+                             hint_from_mean=args.hint_mean, energy_edit=edit)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -185,12 +191,25 @@ RELEASE_HINT = ("released model (rewas-m): not in use; get it with `python expor
                 "\"Use the released model\"), then --engines engines/rewas-m")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one `error:` line (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _opt(name: str) -> dict:
+    """argparse keywords of an option of rewas_rt.options: its parser (type and range) and help."""
+    o = OPTIONS[name]
+    return {"type": o.arg_type(), "default": o.default, "help": o.help}
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rewas-rt", description="ReWaS: sound for a silent video from a text prompt.")
+    p = _Parser(prog="rewas-rt", description="ReWaS: sound for a silent video from a text prompt.")
     p.add_argument("--version", action="version", version=f"rewas-rt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--engines", default=DEFAULT_ENGINES, help="engine directory (default: $REWAS_ENGINES or ./engines)")
     common.add_argument("-v", "--verbose", action="store_true", help="log the backend choice and per-stage timings")
     common.add_argument("-q", "--quiet", action="store_true", help="print errors only")
@@ -201,18 +220,20 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("-o", "--output", help="WAV to write (default: VIDEO.rewas.wav beside the video)")
     inf.add_argument("--mux", metavar="OUT", help="also write the video with the generated track (.mp4/.mov/.mkv)")
     _clip_arguments(inf)
-    inf.add_argument("--steps", type=int, default=C.DDIM_STEPS, help=f"DDIM steps (default {C.DDIM_STEPS})")
-    inf.add_argument("--guidance", type=float, default=C.GUIDANCE, help=f"CFG scale (default {C.GUIDANCE})")
-    inf.add_argument("--eta", type=float, default=C.ETA, help=f"DDIM eta (default {C.ETA}, as the original)")
-    inf.add_argument("--seed", type=int, help="random seed (default: random, printed)")
-    inf.add_argument("--candidates", type=int, default=1, help="candidates to generate (files numbered .0, .1, …)")
+    inf.add_argument("--steps", **_opt("steps"))
+    inf.add_argument("--guidance", **_opt("guidance"))
+    inf.add_argument("--eta", **_opt("eta"))
+    inf.add_argument("--seed", **_opt("seed"))
+    inf.add_argument("--candidates", **_opt("candidates"))  # files numbered .0, .1, …
     inf.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime-{tensorrt,cuda,cpu}")
-    inf.add_argument("--threads", type=int, help="ONNX Runtime CPU threads (default: physical cores)")
+    inf.add_argument("--threads", **_opt("threads"))
     inf.add_argument("--skip-checksums", action="store_true", help="check engine file sizes only, not sha256")
     e = inf.add_argument_group("energy control (units: mean log-mel; see rewas_rt/energy_control.py)")
-    e.add_argument("--energy-scale", type=float, default=1.0, help="stretch the curve around its mean")
-    e.add_argument("--energy-offset", type=float, default=0.0, help="add to the curve (+1 ≈ +8.7 dB)")
-    e.add_argument("--energy-clip", type=float, nargs=2, metavar=("MIN", "MAX"), help="clip the curve")
+    e.add_argument("--energy-scale", **_opt("energy_scale"))
+    e.add_argument("--energy-offset", **_opt("energy_offset"))
+    e.add_argument("--energy-clip", type=OPTIONS["energy_clip_min"].arg_type(), nargs=2, metavar=("MIN", "MAX"),
+                   help=f"clip the curve (each in [-{OPTIONS['energy_clip_min'].high:g}, "
+                        f"{OPTIONS['energy_clip_min'].high:g}])")
     src = e.add_mutually_exclusive_group()
     src.add_argument("--energy-curve", metavar="FILE", help="use this curve (.csv/.npy) instead of the video's")
     src.add_argument("--energy-from-audio", metavar="FILE", help="use the energy of this audio file")
@@ -223,6 +244,10 @@ def _parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", parents=[common], help="engine directory, backends and model constants")
     info.set_defaults(func=_info)
+
+    from rewas_rt.serve.command import add_parser as add_serve_parser  # no Ray import until it runs
+
+    add_serve_parser(sub, common)
     return p
 
 

@@ -28,10 +28,11 @@ from rewas_rt.backends import Backend, Engine, select_backend
 from rewas_rt.ddim import Constraint, DDIMSchedule, make_schedule, sample
 from rewas_rt.energy import energy_from_phi, energy_to_vae_input, resize_nearest
 from rewas_rt.energy_control import EnergyEdit
-from rewas_rt.errors import InputError
+from rewas_rt.errors import InputError, RewasError
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
 from rewas_rt.latent import scaled_latent
 from rewas_rt.manifest import open_engine_dir, plan_mismatch
+from rewas_rt.options import GenerationOptions  # its home is rewas_rt.options; kept importable from here
 from rewas_rt.timings import TimingHook, Timings  # noqa: F401 - part of the pipeline's API
 from rewas_rt.typed_json import to_json
 from rewas_rt.tokenizer import PromptTokenizer
@@ -45,26 +46,19 @@ log = logging.getLogger("rewas_rt")
 MAX_BATCH = min(DYNAMIC_AXES["batch"][2], DYNAMIC_AXES["cfg_batch"][2] // 2)
 
 
-@dataclasses.dataclass(frozen=True)
-class GenerationOptions:
-    steps: int = C.DDIM_STEPS
-    guidance: float = C.GUIDANCE
-    eta: float = C.ETA
-    candidates: int = 1
-    hint_from_mean: bool = False  # the original samples the hint posterior
-    energy_edit: EnergyEdit = EnergyEdit()
-    windows: WindowOptions = WindowOptions()  # long clips: overlap, join, limit (rewas_rt/windows.py)
-
-
 @dataclasses.dataclass
 class Request:
     """One prompt for one clip. ``frames``: (125, 224, 224, 3) uint8 at 25 fps (video.load_video);
-    ``energy``: a (512,) curve replacing the one predicted from the video (frames may then be None)."""
+    ``energy``: a (512,) curve replacing the one predicted from the video (frames may then be None).
+    ``candidates`` / ``energy_edit``, when set, replace the GenerationOptions' for this request, so
+    requests that differ only in those still share one sampling loop (rewas_rt.serve batching)."""
 
     prompt: str
     seed: int
     frames: np.ndarray | None = None
     energy: np.ndarray | None = None
+    candidates: int | None = None
+    energy_edit: EnergyEdit | None = None
 
 
 @dataclasses.dataclass
@@ -182,23 +176,27 @@ class Pipeline:
     # ---- generation ---------------------------------------------------------------------
 
     def request_energy(self, requests: Sequence[Request], edit: EnergyEdit) -> list[np.ndarray]:
-        """The (512,) curve of each request: given, or predicted from its frames; then edited."""
+        """The (512,) curve of each request: given, or predicted from its frames; then edited
+        (by the request's own edit when it has one)."""
         need = [r.frames for r in requests if r.energy is None]
         for r in requests:
             if r.energy is None and r.frames is None:
                 raise ValueError("a request needs frames or an energy curve")
         predicted = iter(self.predict_energy(need)) if need else iter(())
-        return [edit.apply(np.asarray(r.energy, np.float32) if r.energy is not None else next(predicted))
+        return [(r.energy_edit or edit).apply(np.asarray(r.energy, np.float32) if r.energy is not None
+                                              else next(predicted))
                 for r in requests]
 
     def generate(self, requests: Sequence[Request], options: GenerationOptions = GenerationOptions(),
                  progress: Callable[[int, int], None] | None = None) -> list[Result]:
-        """Every request with ``options.candidates`` candidates, batched up to MAX_BATCH per engine call."""
+        """Every request with its candidates (``options.candidates`` unless the request sets its own),
+        batched up to MAX_BATCH per engine call."""
         schedule = make_schedule(options.steps, options.eta)
+        counts = [options.candidates if r.candidates is None else r.candidates for r in requests]
         energies = self.request_energy(requests, options.energy_edit)
         films = self.text_embeddings([r.prompt for r in requests])
         # One item per (request, candidate), each with its own generator.
-        items = [(r, c) for r in range(len(requests)) for c in range(options.candidates)]
+        items = [(r, c) for r in range(len(requests)) for c in range(counts[r])]
         waves = np.empty((len(items), C.WAVE_SAMPLES), np.float32)
         chunks = [items[i:i + MAX_BATCH] for i in range(0, len(items), MAX_BATCH)]
         total = len(chunks) * schedule.steps
@@ -216,8 +214,10 @@ class Pipeline:
             latent = self._sample(rngs, hint, films[rows], options, schedule, callback)
             start = k * MAX_BATCH
             waves[start:start + len(chunk)] = self.decode(latent)
-        per = options.candidates
-        return [Result(waves[i * per:(i + 1) * per], energies[i], r.seed) for i, r in enumerate(requests)]
+        if not np.isfinite(waves).all():  # valid options keep it finite; never hand out NaN audio
+            raise RewasError("generation produced non-finite audio (engine or option range problem); nothing written")
+        ends = np.cumsum([0, *counts])
+        return [Result(waves[ends[i]:ends[i + 1]], energies[i], r.seed) for i, r in enumerate(requests)]
 
     def _sample(self, rngs: Sequence[np.random.Generator], hint: np.ndarray, film: np.ndarray,
                 options: GenerationOptions, schedule: DDIMSchedule, callback: Callable | None = None,
