@@ -209,13 +209,14 @@ class Service:
         s = self.settings
         with self._stage("upload"):
             upload = await parse_multipart(content_type, body, tmp, s.max_upload_bytes, FILE_FIELDS)
+        as_text = sorted(set(upload.fields) & set(FILE_FIELDS))
+        if as_text:
+            raise InputError(f"{as_text[0]} must be sent as a file (a multipart part with a filename)")
         unknown = sorted(set(upload.fields) - TEXT_FIELDS)
         if unknown:
             raise InputError(f"unknown field {unknown[0]!r} (fields: video, prompt, energy_curve, format, "
                              f"{', '.join(FORM_OPTIONS)})")
         if "video" not in upload.files:
-            if "video" in upload.fields:
-                raise InputError("video must be sent as a file (multipart file field 'video')")
             raise InputError("missing field 'video' (the video file)")
         if "prompt" not in upload.fields:
             raise InputError("missing field 'prompt' (describe the sound, e.g. \"dog barking\")")
@@ -356,7 +357,7 @@ def _as_api_error(e: RewasError, tmp: Path) -> ApiError:
     """The CLI's message, with our private paths replaced by the field names."""
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     for field in FILE_FIELDS:
-        for suffix in ("", *FILE_FIELDS[field]):
+        for suffix in (*FILE_FIELDS[field], ""):  # longest first
             msg = msg.replace(str(tmp / f"{field}.upload{suffix}"), field)
     msg = msg.replace(str(tmp), "upload")
     if isinstance(e, UploadTooLarge):
