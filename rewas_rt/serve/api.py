@@ -103,7 +103,7 @@ class Service:
                  generate: Callable[[Job], Awaitable[Outcome]] | None = None):
         from rewas_rt.pipeline import Pipeline
 
-        self.settings = settings
+        self.settings = settings = settings.with_key()
         self.pipe = pipeline or Pipeline(settings.engines, backend=None if settings.backend == "auto"
                                          else settings.backend, threads=settings.threads)
         self.generate = generate or self._generate_alone

@@ -56,6 +56,22 @@ def settings_from_args(args: argparse.Namespace):
     )
 
 
+def _init_ray(ray, args: argparse.Namespace, attempts: int = 3) -> None:
+    """ray.init, retried: on a loaded machine a local node can miss Ray's fixed 30 s
+    raylet registration window ("timed out during startup"); a second try usually works."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
+                     include_dashboard=False, log_to_driver=bool(args.verbose), logging_level=logging.WARNING,
+                     configure_logging=True)
+            return
+        except Exception as e:  # Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == attempts or "timed out during startup" not in str(e):
+                raise RewasError(f"Ray did not start: {str(e).splitlines()[0]}") from None
+            print(f"Ray did not start in time (attempt {attempt}/{attempts}); retrying…", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from rewas_rt.manifest import open_engine_dir
 
@@ -77,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     print(f"starting Ray ({args.num_cpus} CPUs, no dashboard) and the service…", file=sys.stderr, flush=True)
-    ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
-             include_dashboard=False, log_to_driver=bool(args.verbose), logging_level=logging.WARNING,
-             configure_logging=True)
+    _init_ray(ray, args)
     # After ray.init, which installs its own (fatal) SIGTERM handler: ours stops cleanly.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -35,6 +35,7 @@ class ServeSettings:
     batch_wait_ms: float = 20.0  # how long the first request of a batch waits for company
     # Protection.
     api_key: str | None = None
+    api_key_file: str | None = None  # read where the replica runs (a cluster's secret mount), see with_key()
     max_upload_mb: float = 64.0
     max_video_seconds: float = 600.0
     max_queue: int = 32  # admitted requests per replica (queued + generating); more -> 503
@@ -83,13 +84,16 @@ class ServeSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServeSettings":
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known - {"api_key_file"})
+        unknown = sorted(set(data) - known)
         if unknown:
             raise SettingsError(f"unknown service setting(s): {', '.join(unknown)}")
-        data = dict(data)
-        if data.get("api_key_file"):
-            data["api_key"] = read_api_key(data.pop("api_key_file"))
         return cls(**data)
+
+    def with_key(self) -> "ServeSettings":
+        """These settings with ``api_key`` read from ``api_key_file`` (when one is named)."""
+        if self.api_key_file and self.api_key is None:
+            return dataclasses.replace(self, api_key=read_api_key(self.api_key_file))
+        return self
 
 
 def read_api_key(path: str | Path) -> str:
