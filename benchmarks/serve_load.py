@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from rewas_rt.serve.app import build
+    from rewas_rt.serve.command import init_ray
     from rewas_rt.serve.settings import ServeSettings
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    init_ray(args.num_cpus)
     results = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})

@@ -56,14 +56,15 @@ def settings_from_args(args: argparse.Namespace):
     )
 
 
-def _init_ray(ray, args: argparse.Namespace, attempts: int = 3) -> None:
-    """ray.init, retried: on a loaded machine a local node can miss Ray's fixed 30 s
-    raylet registration window ("timed out during startup"); a second try usually works."""
+def init_ray(num_cpus: int | None, address: str | None = None, verbose: bool = False, attempts: int = 3) -> None:
+    """ray.init without the dashboard, retried: on a loaded machine a local node can miss
+    Ray's fixed 30 s raylet registration window ("timed out during startup")."""
+    import ray
+
     for attempt in range(1, attempts + 1):
         try:
-            ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus,
-                     include_dashboard=False, log_to_driver=bool(args.verbose), logging_level=logging.WARNING,
-                     configure_logging=True)
+            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                     log_to_driver=verbose, logging_level=logging.WARNING, configure_logging=True)
             return
         except Exception as e:  # Ray raises a bare Exception for this
             ray.shutdown()
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     print(f"starting Ray ({args.num_cpus} CPUs, no dashboard) and the service…", file=sys.stderr, flush=True)
-    _init_ray(ray, args)
+    init_ray(args.num_cpus, args.address, bool(args.verbose))
     # After ray.init, which installs its own (fatal) SIGTERM handler: ours stops cleanly.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
