@@ -224,3 +224,25 @@ def test_committed_openapi_is_current():
     assert set(body["required"]) == {"video", "prompt"} and set(FORM_OPTIONS) <= set(body["properties"])
     assert body["properties"]["steps"]["maximum"] == OPTIONS["steps"].high
     assert {"/healthz", "/v1/info", "/metrics"} <= set(spec["paths"])
+
+
+def test_client_file_names_are_never_paths(server, clip):
+    url, _, uploads = server
+    r = post(url, clip, data={"steps": "1", "seed": "1"}, files={"video": ("../../escaped.mp4", clip)})
+    assert r.status_code == 200, r.text
+    assert not list(Path(uploads).parent.glob("**/escaped.mp4")) and not list(Path(uploads).iterdir())
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--engines", "/nonexistent/engines"], "/nonexistent/engines"),
+    (["--api-key-file", "/nonexistent/key"], "cannot read the API key file"),
+    (["--max-batch", "99"], "max batch must be in 1..8"),
+    (["--port", "70000"], "port must be in 1..65535"),
+])
+def test_serve_command_refuses_bad_settings_before_starting_ray(args, fragment, tiny_engines, capsys):
+    from rewas_rt.cli import main
+
+    code = main(["serve", "--engines", str(tiny_engines[0]), *args])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert fragment in err
