@@ -13,7 +13,8 @@ to C × per-worker requests; one untimed request warms each deployment up.
 
 Reported per (mode, C): requests, wall time, throughput (requests/s), latency
 p50/p95/max (client-side, the whole HTTP round trip), and the engine batches
-the service made (from its /metrics: generate calls and mean requests per call).
+the service made and the mean server-side seconds per request in the decode, queue
+(waiting for the batch loop) and generate stages (all from the service's /metrics).
 Results: ``serve_load.json`` (every latency) and ``serve_load.md`` (the table).
 """
 from __future__ import annotations
@@ -87,14 +88,26 @@ def load(url: str, video: bytes, concurrency: int, per_worker: int, steps: int, 
     after = requests.get(url + "/metrics", timeout=30).text
     calls = metric(after, "rewas_batch_requests_count") - metric(before, "rewas_batch_requests_count")
     merged = metric(after, "rewas_batch_requests_sum") - metric(before, "rewas_batch_requests_sum")
+    stages = {}  # mean seconds per request in each server-side stage, from the service's histograms
+    for stage in ("upload", "decode", "queue", "generate", "encode"):
+        n = (metric(after, f'rewas_stage_seconds_count{{stage="{stage}"}}')
+             - metric(before, f'rewas_stage_seconds_count{{stage="{stage}"}}'))
+        total = (metric(after, f'rewas_stage_seconds_sum{{stage="{stage}"}}')
+                 - metric(before, f'rewas_stage_seconds_sum{{stage="{stage}"}}'))
+        stages[stage] = total / n if n else float("nan")
     return {
         "concurrency": concurrency, "requests": len(latencies), "failures": failures, "wall_s": wall,
         "throughput_rps": len(latencies) / wall if wall else float("nan"),
         "p50_s": percentile(latencies, 0.5), "p95_s": percentile(latencies, 0.95),
         "max_s": max(latencies) if latencies else float("nan"),
         "generate_calls": calls, "requests_per_call": merged / calls if calls else float("nan"),
-        "latencies_s": latencies,
+        "stage_mean_s": stages, "latencies_s": latencies,
     }
+
+
+def _stage(r: dict, name: str) -> str:
+    value = r.get("stage_mean_s", {}).get(name, float("nan"))
+    return f"{value:.2f}" if value == value else "–"
 
 
 def table(results: list[dict], meta: dict) -> str:
@@ -102,11 +115,13 @@ def table(results: list[dict], meta: dict) -> str:
              f"Ray {meta['ray_cpus']} CPUs, {meta['per_worker']} requests per client; batching on = max batch "
              f"{meta['max_batch']}, wait {meta['batch_wait_ms']:g} ms.", "",
              "| batching | clients | requests | throughput (req/s) | p50 (s) | p95 (s) | max (s) | engine calls "
-             "| requests/call |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| requests/call | decode (s) | queue (s) | generate (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['throughput_rps']:.3f} | "
                      f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['max_s']:.2f} | {r['generate_calls']:.0f} | "
-                     f"{r['requests_per_call']:.2f} |")
+                     f"{r['requests_per_call']:.2f} | {_stage(r, 'decode')} | {_stage(r, 'queue')} | "
+                     f"{_stage(r, 'generate')} |")
     by = {(r["mode"], r["concurrency"]): r for r in results}
     ratios = [f"C={c}: {by[('on', c)]['throughput_rps'] / by[('off', c)]['throughput_rps']:.2f}×"
               for c in meta["concurrency"] if ("on", c) in by and ("off", c) in by and by[("off", c)]["requests"]]

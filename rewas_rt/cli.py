@@ -231,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     e = inf.add_argument_group("energy control (units: mean log-mel; see rewas_rt/energy_control.py)")
     e.add_argument("--energy-scale", **_opt("energy_scale"))
     e.add_argument("--energy-offset", **_opt("energy_offset"))
-    e.add_argument("--energy-clip", type=OPTIONS["energy_clip_min"].arg_type(), nargs=2, metavar=("MIN", "MAX"),
+    e.add_argument("--energy-clip", type=OPTIONS["energy_clip_min"].arg_type("energy_clip"), nargs=2, metavar=("MIN", "MAX"),
                    help=f"clip the curve (each in [-{OPTIONS['energy_clip_min'].high:g}, "
                         f"{OPTIONS['energy_clip_min'].high:g}])")
     src = e.add_mutually_exclusive_group()

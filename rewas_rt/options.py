@@ -152,15 +152,17 @@ class Option:
             return raw.strip().lower() in _TRUE
         raise self.fail(raw)
 
-    def arg_type(self) -> Callable[[str], Any]:
-        """An argparse ``type=``: the parsed value, or ArgumentTypeError with the message."""
+    def arg_type(self, label: str | None = None) -> Callable[[str], Any]:
+        """An argparse ``type=``: the parsed value, or ArgumentTypeError with the message
+        (naming the option ``label`` instead, e.g. for both values of ``--energy-clip``)."""
         import argparse
 
         def convert(text: str) -> Any:
             try:
                 return self.parse(text)
             except OptionError as e:
-                raise argparse.ArgumentTypeError(str(e)) from None
+                msg = str(e) if label is None else str(e).replace(self.name, label, 1)
+                raise argparse.ArgumentTypeError(msg) from None
 
         convert.__name__ = self.name  # argparse names the type in some messages
         return convert

@@ -133,9 +133,9 @@ def test_cli_refuses_each_bad_value_with_one_line(name, tmp_path, capsys):
 
 
 def test_cli_energy_clip_values_and_order(tmp_path, capsys):
-    for args, fragment in [(["--energy-clip", "nan", "1"], "energy_clip_min"),
-                           (["--energy-clip", "0", "1e9"], "energy_clip_min"),
-                           (["--energy-clip", "x", "1"], "energy_clip_min")]:
+    for args, fragment in [(["--energy-clip", "nan", "1"], "energy_clip must be a finite number in [-20, 20]"),
+                           (["--energy-clip", "0", "1e9"], "energy_clip must be"),
+                           (["--energy-clip", "x", "1"], "energy_clip must be")]:
         code, err = _run_cli(capsys, tmp_path, *args)
         assert code == 2
         _assert_one_line(err, fragment)
