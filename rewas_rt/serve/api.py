@@ -25,12 +25,14 @@ import io
 import json
 import logging
 import math
+import os
 import secrets
 import shutil
 import tempfile
 import time
 import zipfile
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,10 @@ class Service:
         self.pipe = pipeline or Pipeline(settings.engines, backend=None if settings.backend == "auto"
                                          else settings.backend, threads=settings.threads)
         self.generate = generate or self._generate_alone
+        # Two pools: the engines' batch loop has a thread of its own, so a batch starts the moment
+        # the previous one ends (never behind decoding), and decoding/encoding never waits for it.
+        self.engine_pool = ThreadPoolExecutor(1, thread_name_prefix="rewas-engine")
+        self.cpu_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="rewas-cpu")
         self.metrics = Metrics(settings)
         self.in_flight = 0
         self._engine_lock = asyncio.Lock()
@@ -144,7 +150,7 @@ class Service:
 
     async def _generate_alone(self, job: Job) -> Outcome:
         async with self._engine_lock:
-            return (await in_thread(self.run_jobs, [job]))[0]
+            return (await in_thread(self.run_jobs, [job], executor=self.engine_pool))[0]
 
     # ---- HTTP -----------------------------------------------------------------------------
 
@@ -236,7 +242,7 @@ class Service:
         video, curve_file = upload.files["video"], upload.files.get("energy_curve")
 
         with self._stage("decode"):
-            clip, curve = await in_thread(self._decode, video, values["start"], curve_file)
+            clip, curve = await in_thread(self._decode, video, values["start"], curve_file, executor=self.cpu_pool)
         from rewas_rt.pipeline import Request
 
         request = Request(prompt=prompt, seed=seed, frames=clip.frames, energy=curve,
@@ -247,7 +253,7 @@ class Service:
             raise outcome.error
         with self._stage("encode"):
             content, media_type = await in_thread(self._encode, tmp, video, clip, outcome.result.waveforms, fmt,
-                                                  seed, options)
+                                                  seed, options, executor=self.cpu_pool)
         headers = {"X-Rewas-Seed": str(seed), "X-Rewas-Candidates": str(options.candidates),
                    "Content-Disposition": f'attachment; filename="rewas{_suffix(media_type)}"'}
         return content, headers, media_type
@@ -367,10 +373,10 @@ def _as_api_error(e: RewasError, tmp: Path) -> ApiError:
     return ApiError(500, msg)
 
 
-async def in_thread(fn, *args):
-    """Run ``fn`` in a worker thread; if the caller is cancelled, wait for the thread
-    to finish before propagating, so cleanup never races the work."""
-    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+async def in_thread(fn, *args, executor: ThreadPoolExecutor | None = None):
+    """Run ``fn`` in a worker thread of ``executor``; if the caller is cancelled, wait for
+    the thread to finish before propagating, so cleanup never races the work."""
+    fut = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:

@@ -47,7 +47,7 @@ class RewasDeployment:
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.02, batch_size_fn=_batch_size)
     async def batched(self, jobs: list[Job]) -> list[Outcome]:
-        return await in_thread(self.service.run_jobs, jobs)
+        return await in_thread(self.service.run_jobs, jobs, executor=self.service.engine_pool)
 
 
 def deployment_options(s: ServeSettings) -> dict[str, Any]:

@@ -63,7 +63,8 @@ def init_ray(num_cpus: int | None, address: str | None = None, verbose: bool = F
 
     for attempt in range(1, attempts + 1):
         try:
-            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+            # "local": always a new local instance, never a cluster someone else started here.
+            ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=verbose, logging_level=logging.WARNING, configure_logging=True)
             return
         except Exception as e:  # Ray raises a bare Exception for this
