@@ -69,6 +69,10 @@ def measure(engine_dir: str | Path, steps: Sequence[int] = (2, 10), requests: in
     return out
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fp16_deviation.py", description=__doc__.splitlines()[0])
     p.add_argument("engine_dir", type=Path)

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from rewas_rt import constants as C
+from rewas_rt.errors import cli_main
 
 
 def measure(engines: Path, repeats: int, steps: int, sampler: str, batch: int, threads: int | None) -> dict:
@@ -64,6 +65,7 @@ def measure(engines: Path, repeats: int, steps: int, sampler: str, batch: int, t
     return {"median": med, "runs": rows, "steps": steps, "sampler": sampler, "batch": batch, "repeats": repeats}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="glue.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--engines", type=Path, required=True)

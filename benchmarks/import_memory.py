@@ -26,6 +26,11 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rewas_rt.errors import cli_main  # noqa: E402 - small, standard library only
+
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "tests" / "fixtures" / "reference" / "manifests" / "audioldm_m_rewas_vggsound.ckpt.json"
 NAME = "audioldm_m_rewas_vggsound.ckpt"
@@ -95,6 +100,7 @@ def measure(cmd: list[str]) -> dict:
             "output_tail": out.strip().splitlines()[-3:]}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, required=True, help="scratch folder (≈ 11 GB free needed)")

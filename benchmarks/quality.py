@@ -64,6 +64,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewas_rt import constants as C
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import cli_main
 from rewas_rt.energy import energy_from_log_mel, energy_target, log_mel, normalize_wav
 
 # --------------------------------------------------------------------------- energy
@@ -328,6 +330,7 @@ def evaluate_many(generated: Path, reference: Path | None, video: Path | None, c
     return {"clips": clips, "mean": summary}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="quality.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--generated", type=Path, required=True, help="generated audio (WAV or a video with sound) or a folder")
@@ -354,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate(args.generated, args.reference, args.video, args.curve, args.start)
         print(_line(res))
     if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(res, indent=1) + "\n")
     return 0
 
 

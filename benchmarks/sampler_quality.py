@@ -51,6 +51,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from benchmarks import quality as Q
 from rewas_rt import constants as C
+from rewas_rt.errors import cli_main
 from rewas_rt import energy as E
 
 DEFAULT_SETTINGS = ("ddim:200", "ddim:50", "ddim:25",
@@ -274,6 +275,7 @@ def parse_args(argv: list[str] | None):
     return args
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = evaluate(args, log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -1,9 +1,9 @@
-"""ONNX export, FP16 safety check and TensorRT engine building (DESIGN.md §2, §3).
+"""ONNX export, FP16 safety check and TensorRT engine building (docs/design.md §2, §5).
 
 * ``export.export_onnx`` — one ONNX graph per stage (``rewas_rt.graphs.GRAPHS``) from the
   canonical checkpoints or random weights of a named preset, parity-checked in ONNX Runtime.
 * ``export.fp16_check`` — which ONNX nodes must stay FP32 in an FP16 engine, found on CPU.
-* ``export.tokenizer`` — the ``tokenizer.json`` shipped in an engine directory.
+* ``training.tokenizer`` (below export/ so training can use it too) — the engine directory's ``tokenizer.json``.
 * ``export.tensorrt_build`` — FP16 TensorRT engines (``tensorrt`` imported lazily).
 * ``export.build_engines`` — the command that writes a complete engine directory.
 

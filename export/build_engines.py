@@ -1,4 +1,4 @@
-"""Write a complete engine directory (DESIGN.md §3): ONNX graphs, FP16 TensorRT engines
+"""Write a complete engine directory (docs/design.md §5): ONNX graphs, FP16 TensorRT engines
 when TensorRT and a GPU are present, the tokenizer and ``manifest.json``::
 
     python export/build_engines.py --checkpoints checkpoints/ --tokenizer roberta-base/ --out engines/
@@ -22,6 +22,7 @@ directory is verified with ``rewas_rt.manifest.verify`` — the runtime's own ch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -35,13 +36,17 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from rewas_rt import __version__ as RUNTIME_VERSION
 from rewas_rt import manifest as M
-from rewas_rt.errors import RewasError
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import RewasError, cli_main
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
+
+from export import manifest_sections as S
+from export.graph_table import GRAPH_EXPORTS
 
 ENGINE_BUILD_VERSION = 2  # bump when tensorrt_build changes what it builds
 
 
-class BuildError(RuntimeError):
+class BuildError(RewasError, RuntimeError):
     pass
 
 
@@ -54,26 +59,25 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _previous_manifest(out: Path) -> dict | None:
+def _previous_manifest(out: Path) -> M.Manifest | None:
     try:
-        m = json.loads((out / M.MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
+        return M.Manifest.from_json(json.loads((out / M.MANIFEST_NAME).read_text()))
+    except (OSError, ValueError):  # ManifestError is a ValueError
         return None
-    return m if isinstance(m, dict) and not M.schema_problems(m) else None
 
 
-def _files_intact(out: Path, *entries: Mapping[str, Any] | None) -> bool:
+def _files_intact(out: Path, *entries: M.FileEntry | None) -> bool:
     for e in entries:
         if e is None:
             continue
-        p = out / e["path"]
-        if not p.is_file() or p.stat().st_size != e["bytes"] or M.sha256_file(p) != e["sha256"]:
+        p = out / e.path
+        if not p.is_file() or p.stat().st_size != e.bytes or M.sha256_file(p) != e.sha256:
             return False
     return True
 
 
-def build_tokenizer(args, source, out: Path) -> dict:
-    from export import tokenizer as T
+def build_tokenizer(args, source, out: Path) -> M.Tokenizer:
+    from training import tokenizer as T
 
     clap = source.configs["clap_text"]
     try:
@@ -94,12 +98,12 @@ def build_tokenizer(args, source, out: Path) -> dict:
     text = T.to_json(tok)
     path = out / M.TOKENIZER_NAME
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        M.atomic_write_text(path, text)
+        atomic_write_text(path, text)
     source_desc = str(args.tokenizer) if args.tokenizer else f"trained on the built-in corpus ({facts['vocab_size']} tokens)"
-    return {**M.file_entry(out, M.TOKENIZER_NAME), **facts, "source": source_desc}
+    return M.Tokenizer(**vars(S.file_entry(out, M.TOKENIZER_NAME)), **facts, source=source_desc)
 
 
-def _export_graph(source, g: str, out: Path, args) -> tuple[dict, str]:
+def _export_graph(source, g: str, out: Path, args) -> tuple[M.Graph, str]:
     from export import export_onnx as E
     from export import fp16_check
 
@@ -111,28 +115,28 @@ def _export_graph(source, g: str, out: Path, args) -> tuple[dict, str]:
     fp16 = None
     fp32_layers: list[str] = []
     if not args.no_fp16_check:
-        feeds = E.sample_inputs(spec, source.configs, 1, E.PARITY_TEXT_LEN, seed=args.seed + 3)
+        feeds = E.sample_inputs(spec, source.configs, GRAPH_EXPORTS[g].fp16_batch, E.PARITY_TEXT_LEN, seed=args.seed + 3)
         rep = fp16_check.check_graph(res.onnx, feeds, headroom=args.headroom, graph=g)
         fp16 = {**rep.to_dict(), "reasons_by_node": rep.reasons}
         fp32_layers = rep.fp32_layers
         msg += f", {rep.summary()}"
         if rep.mitigated["nonfinite"]:
             raise BuildError(f"{g}: the FP16 emulation still produces inf/NaN with {len(fp32_layers)} FP32 layers")
-    entry = {
-        "doc": spec.doc,
-        "components": list(E.GRAPH_COMPONENTS[g]),
-        "opset": E.OPSET,
-        "onnx": M.file_entry(out, res.onnx.name),
-        "external_data": M.file_entry(out, res.external_data.name) if res.external_data else None,
-        "precision": "fp32",
-        **M.graph_io(spec),
-        "parity": {k: v for k, v in par.items() if k != "outputs"},
-        "fp16_check": fp16,
-        "fp32_layers": fp32_layers,
-        "engine": None,
-        "fingerprint": source.fingerprint(g),
-        "export_seconds": round(res.seconds, 2),
-    }
+    entry = M.Graph(
+        doc=spec.doc,
+        components=list(E.GRAPH_COMPONENTS[g]),
+        opset=E.OPSET,
+        onnx=S.file_entry(out, res.onnx.name),
+        external_data=S.file_entry(out, res.external_data.name) if res.external_data else None,
+        precision="fp32",
+        **S.graph_io(spec),
+        parity=M.Parity(**{k: v for k, v in par.items() if k != "outputs"}),
+        fp16_check=fp16,
+        fp32_layers=fp32_layers,
+        engine=None,
+        fingerprint=source.fingerprint(g),
+        export_seconds=round(res.seconds, 2),
+    )
     return entry, msg
 
 
@@ -143,41 +147,43 @@ def _remove_fp16_graph(out: Path, g: str) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _fp16_graph(entry: dict, g: str, source, out: Path, prev: dict | None, args) -> tuple[dict | None, str]:
+def _fp16_graph(entry: M.Graph, g: str, source, out: Path, prev: M.Graph | None, args
+                ) -> tuple[M.Fp16Onnx | None, str]:
     """``<graph>.fp16.onnx`` with the FP32 islands, checked against the FP32 graph on the CPU (None without
     an FP16 check: there is no list of nodes to keep)."""
     from export import export_onnx as E
     from export import fp16_graph as F
 
-    if entry["fp16_check"] is None:
+    if entry.fp16_check is None:
         _remove_fp16_graph(out, g)
         return None, "no FP16 graph (no FP16 check)"
-    fp = _fingerprint({"onnx": entry["onnx"]["sha256"], "data": (entry["external_data"] or {}).get("sha256"),
-                       "fp32_layers": entry["fp32_layers"], "converter": F.CONVERTER, "tolerance": args.engine_tolerance})
-    old = (prev or {}).get("fp16_onnx")
-    if not args.force and old and old.get("fingerprint") == fp and _files_intact(out, old["onnx"], old["external_data"]):
+    fp = _fingerprint({"onnx": entry.onnx.sha256, "data": entry.external_data.sha256 if entry.external_data else None,
+                       "fp32_layers": entry.fp32_layers, "converter": F.CONVERTER, "tolerance": args.engine_tolerance})
+    old = prev.fp16_onnx if prev else None
+    if not args.force and old and old.fingerprint == fp and _files_intact(out, old.onnx, old.external_data):
         return old, "FP16 graph unchanged"
     spec = source.spec(g)
     dst = out / F.fp16_name(g)
     try:
-        info = F.convert(out / entry["onnx"]["path"], dst, entry["fp32_layers"])
+        info = F.convert(out / entry.onnx.path, dst, entry.fp32_layers)
     except F.Fp16GraphError as e:
         raise BuildError(str(e)) from None
     feeds = [E.sample_inputs(spec, source.configs, b, E.PARITY_TEXT_LEN, seed=args.seed + 4 + b)
              for b in sorted({DYNAMIC_AXES["batch"][1], 2})]
-    cmp = F.check(out / entry["onnx"]["path"], dst, feeds, rtol=args.engine_tolerance)
+    cmp = F.check(out / entry.onnx.path, dst, feeds, rtol=args.engine_tolerance)
     if not cmp["ok"]:
         raise BuildError(f"{g}: the FP16 graph differs from the FP32 graph in ONNX Runtime: max abs {cmp['max_abs']:.3e}, "
                          f"max|ref| {cmp['max_ref']:.3e}, rel {cmp['rel']:.2e} > {cmp['tolerance']:g} "
                          f"(try a larger --headroom to keep more nodes in FP32)")
     data = dst.name + ".data"
-    res = {"onnx": M.file_entry(out, dst.name),
-           "external_data": M.file_entry(out, data) if info["weights_in_data_file"] else None,
-           "precision": "fp16", **info, "parity_vs_fp32": cmp, "fingerprint": fp}
+    res = M.Fp16Onnx(onnx=S.file_entry(out, dst.name),
+                     external_data=S.file_entry(out, data) if info["weights_in_data_file"] else None,
+                     precision="fp16", **info, parity_vs_fp32=cmp, fingerprint=fp)
     return res, f"FP16 graph vs FP32 rel {cmp['rel']:.1e}"
 
 
-def _engine(entry: dict, g: str, source, out: Path, trt: Mapping[str, str], prev: dict | None, args) -> tuple[dict, str]:
+def _engine(entry: M.Graph, g: str, source, out: Path, trt: Mapping[str, str], prev: M.Graph | None, args
+            ) -> tuple[M.Engine, str]:
     from export import export_onnx as E
     from export import tensorrt_build as TB
 
@@ -186,51 +192,52 @@ def _engine(entry: dict, g: str, source, out: Path, trt: Mapping[str, str], prev
     if typing not in TB.typing_modes(trt["version"]):
         raise BuildError(f"TensorRT {trt['version']} has no {typing}ly typed networks (supported: "
                          f"{', '.join(TB.typing_modes(trt['version'])) or 'none'}); use --trt-typing strong")
-    fp16 = entry.get("fp16_onnx")
-    if typing == "strong" and fp16 is not None:
-        src, graph_precision = fp16["onnx"], "fp16"
+    if typing == "strong" and entry.fp16_onnx is not None:
+        src, graph_precision = entry.fp16_onnx.onnx, "fp16"
     else:  # weak typing reads the FP32 graph; strong typing without an FP16 graph builds FP32
-        src, graph_precision = entry["onnx"], "fp32"
+        src, graph_precision = entry.onnx, "fp32"
     fp = _fingerprint({
-        "onnx": src["sha256"], "data": (entry["external_data"] or {}).get("sha256"),
-        "fp32_layers": entry["fp32_layers"], "tensorrt": trt["version"], "cc": trt["compute_capability"],
+        "onnx": src.sha256, "data": entry.external_data.sha256 if entry.external_data else None,
+        "fp32_layers": entry.fp32_layers, "tensorrt": trt["version"], "cc": trt["compute_capability"],
         "profiles": {k: list(v) for k, v in DYNAMIC_AXES.items()}, "build_version": ENGINE_BUILD_VERSION,
         "typing": typing,
     })
-    old = (prev or {}).get("engine")
-    if not args.force and old and old.get("fingerprint") == fp and _files_intact(out, old):
+    old = prev.engine if prev else None
+    if not args.force and old and old.fingerprint == fp and _files_intact(out, old):
         return old, "engine unchanged"
     plan = out / f"{g}.plan"
-    info = TB.build_engine(out / src["path"], spec, plan, typing=typing, graph_precision=graph_precision,
-                           fp32_layers=entry["fp32_layers"],
+    info = TB.build_engine(out / src.path, spec, plan, typing=typing, graph_precision=graph_precision,
+                           fp32_layers=entry.fp32_layers,
                            timing_cache=out / TB.timing_cache_name(trt["version"], trt["compute_capability"]),
                            workspace_gib=args.workspace_gib)
     feeds = [E.sample_inputs(spec, source.configs, b, E.PARITY_TEXT_LEN, seed=args.seed + 4 + b)
              for b in sorted({DYNAMIC_AXES["batch"][1], 2})]
-    cmp = TB.compare_engine(out / entry["onnx"]["path"], plan, feeds, rtol=args.engine_tolerance)
+    cmp = TB.compare_engine(out / entry.onnx.path, plan, feeds, rtol=args.engine_tolerance)
     if not cmp["ok"]:
         raise BuildError(f"{g}: the TensorRT engine differs from ONNX Runtime: max abs {cmp['max_abs']:.3e}, "
                          f"max|ref| {cmp['max_ref']:.3e}, rel {cmp['rel']:.2e} > {cmp['tolerance']:g}")
-    eng = {**M.file_entry(out, plan.name), **info, "tensorrt_version": trt["version"],
-           "compute_capability": trt["compute_capability"], "gpu": trt["gpu"], "parity_vs_onnxruntime": cmp,
-           "fingerprint": fp}
+    info = dict(info, profile={k: M.Profile(**v) for k, v in info["profile"].items()})
+    eng = M.Engine(**vars(S.file_entry(out, plan.name)), **info, tensorrt_version=trt["version"],
+                   compute_capability=trt["compute_capability"], gpu=trt["gpu"], parity_vs_onnxruntime=cmp,
+                   fingerprint=fp)
     return eng, f"{info['precision']} engine ({typing}ly typed) {info['build_seconds']:.0f}s, vs ORT rel {cmp['rel']:.1e}"
 
 
-def _int8(entry: dict, g: str, source, out: Path, old: dict | None, args) -> tuple[dict, str]:
+def _int8(entry: M.Graph, g: str, source, out: Path, old: M.Graph | None, args) -> tuple[M.Int8Onnx, str]:
     """The opt-in INT8 variant of graph ``g`` (export/quantize.py), reused when its FP32 graph and mode are unchanged."""
     from export import quantize as Q
 
-    prev = (old or {}).get("int8")
-    if (prev and prev.get("mode") == args.int8_mode and prev.get("source_sha256") == entry["onnx"]["sha256"]
-            and prev.get("version") == Q.INT8_VERSION and _files_intact(out, prev, prev.get("external_data"))):
+    prev = old.int8 if old is not None else None
+    if (prev and prev.mode == args.int8_mode and prev.source_sha256 == entry.onnx.sha256
+            and prev.version == Q.INT8_VERSION and _files_intact(out, prev, prev.external_data)):
         return prev, "INT8 unchanged"
     name = Q.int8_name(g)
-    info = Q.quantize_graph(out / entry["onnx"]["path"], out / name, g, source.configs, args.int8_mode,
+    info = Q.quantize_graph(out / entry.onnx.path, out / name, g, source.configs, args.int8_mode,
                             seed=args.seed, feature_dim=source.feature_dim)
     data = out / (name + ".data")
-    rec = {**M.file_entry(out, name), "external_data": M.file_entry(out, data.name) if data.is_file() else None,
-           "source_sha256": entry["onnx"]["sha256"], **info}
+    rec = M.Int8Onnx(**vars(S.file_entry(out, name)),
+                     external_data=S.file_entry(out, data.name) if data.is_file() else None,
+                     source_sha256=entry.onnx.sha256, **info)
     c = info["check"]
     dev = max(d["rel_max"] for d in c["deviation"].values())
     return rec, f"INT8 {args.int8_mode}: x{c['speedup']:.2f} at build, max rel deviation {dev:.1e}"
@@ -254,31 +261,31 @@ def build(args) -> Path:
         print(f"TensorRT not available ({why}): writing an ONNX-only engine directory "
               "(rebuild on a TensorRT machine to add FP16 engines)", flush=True)
     prev = None if args.force else _previous_manifest(out)
-    graphs: dict[str, dict] = {}
+    graphs: dict[str, M.Graph] = {}
     for i, g in enumerate(GRAPHS, 1):
         t0 = time.perf_counter()
-        old = (prev or {}).get("graphs", {}).get(g)
+        old = prev.graphs.get(g) if prev else None
         fp = source.fingerprint(g)
-        reused = bool(old and old["fingerprint"] == fp and _files_intact(out, old["onnx"], old["external_data"])
-                      and (old["fp16_check"] is not None or args.no_fp16_check))
+        reused = bool(old and old.fingerprint == fp and _files_intact(out, old.onnx, old.external_data)
+                      and (old.fp16_check is not None or args.no_fp16_check))
         if reused:
-            entry, msg = dict(old), "unchanged, skipped"
+            entry, msg = dataclasses.replace(old), "unchanged, skipped"
         else:
             entry, msg = _export_graph(source, g, out, args)
-        entry["fp16_onnx"], fmsg = _fp16_graph(entry, g, source, out, old if reused else None, args)
+        entry.fp16_onnx, fmsg = _fp16_graph(entry, g, source, out, old if reused else None, args)
         msg += f"; {fmsg}"
         if trt is not None:
-            entry["engine"], emsg = _engine(entry, g, source, out, trt, old, args)
+            entry.engine, emsg = _engine(entry, g, source, out, trt, old, args)
             msg += f"; {emsg}"
-        elif reused and entry.get("engine") and not _files_intact(out, entry["engine"]):
-            entry["engine"] = None  # an engine from an earlier TensorRT build whose file is gone
+        elif reused and entry.engine and not _files_intact(out, entry.engine):
+            entry.engine = None  # an engine from an earlier TensorRT build whose file is gone
         elif not reused:
             (out / f"{g}.plan").unlink(missing_ok=True)  # built from the previous graph: stale
         if g in args.int8:
-            entry["int8"], qmsg = _int8(entry, g, source, out, old if reused else None, args)
+            entry.int8, qmsg = _int8(entry, g, source, out, old if reused else None, args)
             msg += f"; {qmsg}"
         else:
-            entry.pop("int8", None)
+            entry.int8 = None
         source.release(*E.GRAPH_COMPONENTS[g])
         graphs[g] = entry
         print(f"[{i}/{len(GRAPHS)}] {g}: {msg} ({time.perf_counter() - t0:.1f}s)", flush=True)
@@ -287,32 +294,36 @@ def build(args) -> Path:
     import onnxruntime
     import torch
 
-    manifest = {
-        "format": M.FORMAT,
-        "format_version": M.FORMAT_VERSION,
-        "created": M.now_utc(),
-        "producer": {"rewas_rt": RUNTIME_VERSION, "exporter": E.EXPORTER, "export_version": E.EXPORT_VERSION,
-                     "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
-        "build_command": args.command_line,
-        "model": {
-            "name": source.name,
-            "weights": source.kind,
-            **({"checkpoints": str(source.checkpoints)} if source.checkpoints else {"seed": source.seed}),
-            "components": {c: {"config": cfg.to_dict(), "weights": source.weights_id(c)}
-                           for c, cfg in source.configs.items()},
-        },
-        "graphs": graphs,
-        "dynamic_axes": {k: list(v) for k, v in DYNAMIC_AXES.items()},
-        "scheduler": M.scheduler_section(),
-        "vae": M.vae_section(source.scale_factor),
-        "audio": M.audio_section(),
-        "video": M.video_section(source.feature_dim),
-        "energy": M.energy_section(),
-        "tokenizer": tokenizer,
-        "tensorrt": trt if trt is not None else (
-            (prev or {}).get("tensorrt") if all(e["engine"] for e in graphs.values()) else None),
-        **({"licences": licences} if licences else {}),  # optional: release files, their licences and sha256
-    }
+    if trt is not None:
+        target = M.TensorRTTarget(**trt)
+    else:  # engines kept from an earlier TensorRT build, all of them intact
+        target = prev.tensorrt if prev and all(e.engine for e in graphs.values()) else None
+    manifest = M.Manifest(
+        format=M.FORMAT,
+        format_version=M.FORMAT_VERSION,
+        created=S.now_utc(),
+        producer=M.Producer(rewas_rt=RUNTIME_VERSION, exporter=E.EXPORTER, export_version=E.EXPORT_VERSION,
+                            torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__),
+        build_command=args.command_line,
+        model=M.Model(
+            name=source.name,
+            weights=source.kind,
+            checkpoints=str(source.checkpoints) if source.checkpoints else None,
+            seed=None if source.checkpoints else source.seed,
+            components={c: M.Component(config=cfg.to_dict(), weights=source.weights_id(c))
+                        for c, cfg in source.configs.items()},
+        ),
+        graphs=graphs,
+        dynamic_axes={k: list(v) for k, v in DYNAMIC_AXES.items()},
+        scheduler=S.scheduler_section(),
+        vae=S.vae_section(source.scale_factor),
+        audio=S.audio_section(),
+        video=S.video_section(source.feature_dim),
+        energy=S.energy_section(),
+        tokenizer=tokenizer,
+        tensorrt=target,
+        licences=[M.Licence(**entry) for entry in licences] if licences else None,  # release files' licences
+    )
     M.write_manifest(out, manifest)
     M.verify(out, backend="onnx")
     if trt is not None:
@@ -422,19 +433,10 @@ def parse_args(argv: list[str] | None):
     return args
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from export.export_onnx import ExportError
-    from export.quantize import QuantizeError
-
-    try:
-        build(args)
-    except (BuildError, ExportError, RewasError, QuantizeError) as e:  # ManifestError; OutputError for an unwritable --out
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; the previous manifest (if any) is unchanged", file=sys.stderr)
-        return 130
+    # Interrupted or failed, the previous manifest (if any) is unchanged: it is written last.
+    build(parse_args(argv))
     return 0
 
 

@@ -10,7 +10,7 @@ full-size benchmarks)::
 
 Exporter: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``). Every module
 here traces to plain ops with it (no data-dependent control flow), it takes ~13 s for the
-full-size UNet+adapter against ~41 s for the dynamo exporter (DESIGN.md §7), and its node
+full-size UNet+adapter against ~41 s for the dynamo exporter (docs/design.md §9), and its node
 names carry the module scopes (``/unet/input_blocks.1/...``), which the FP16 report and
 the TensorRT precision constraints refer to. Opset 18: the version TensorRT 10 is known to
 parse for everything here (23 would emit GroupNormalization/Attention ops of unchecked
@@ -41,7 +41,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from rewas_rt import constants as C
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import RewasError, cli_main
 from rewas_rt.graphs import GRAPHS, GraphSpec
+
+from export.graph_table import GRAPH_EXPORTS
 from training.models.presets import RANDOM_INIT_VERSION, component_seed, randomize_
 
 EXPORTER = "torchscript"
@@ -57,23 +61,14 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 # Trace batch (and text length) vs the batch the parity check runs at: they must differ.
 TRACE_BATCH = 2
 TRACE_TEXT_LEN = 7
-PARITY_BATCH = 3
 PARITY_TEXT_LEN = 11
 
-# Which canonical components each graph is built from.
-GRAPH_COMPONENTS: dict[str, tuple[str, ...]] = {
-    "synchformer": ("synchformer",),
-    "phi": ("phi",),
-    "clap_text": ("clap_text",),
-    "vae_encoder": ("vae",),
-    "unet_adapter": ("unet", "adapter"),
-    "vae_decoder": ("vae",),
-    "vocoder": ("vocoder",),
-}
+# Which canonical components each graph is built from (the table's, by name).
+GRAPH_COMPONENTS: dict[str, tuple[str, ...]] = {g: e.components for g, e in GRAPH_EXPORTS.items()}
 COMPONENT_NAMES = ("unet", "adapter", "vae", "vocoder", "clap_text", "synchformer", "phi")
 
 
-class ExportError(RuntimeError):
+class ExportError(RewasError, RuntimeError):
     """A graph cannot be exported or fails its parity check (one-line message)."""
 
 
@@ -226,27 +221,10 @@ def check_consistency(configs: Mapping[str, Any]) -> None:
 
 
 def graph_module(graph: str, comps: Mapping[str, Any]):
-    """The nn.Module whose forward(*inputs in GRAPHS order) is the graph."""
-    from training.models.denoiser import Denoiser
-    from training.models.vae import VAEDecoderGraph, VAEEncoderGraph
-
-    if graph == "synchformer":
-        m = comps["synchformer"]  # (B,S,C,T,H,W) -> (B,S,8,D)
-    elif graph == "phi":
-        m = comps["phi"]
-    elif graph == "clap_text":
-        m = comps["clap_text"]  # forward(input_ids, attention_mask)
-    elif graph == "vae_encoder":
-        m = VAEEncoderGraph(comps["vae"])  # moments, unclamped: the posterior is NumPy (rewas_rt.latent)
-    elif graph == "unet_adapter":
-        m = Denoiser(comps["unet"], comps["adapter"])  # forward(x_t, timesteps, film, hint)
-    elif graph == "vae_decoder":
-        m = VAEDecoderGraph(comps["vae"])  # scale factor baked in
-    elif graph == "vocoder":
-        m = comps["vocoder"]
-    else:
+    """The nn.Module whose forward(*inputs in GRAPHS order) is the graph (``GRAPH_EXPORTS[graph].module``)."""
+    if graph not in GRAPH_EXPORTS:
         raise ExportError(f"unknown graph {graph!r} (known: {', '.join(GRAPHS)})")
-    return m.float().eval()
+    return GRAPH_EXPORTS[graph].module(comps).float().eval()
 
 
 # --------------------------------------------------------------------------- inputs
@@ -254,48 +232,16 @@ def graph_module(graph: str, comps: Mapping[str, Any]):
 
 def sample_inputs(spec: GraphSpec, configs: Mapping[str, Any], batch: int, text_len: int = PARITY_TEXT_LEN,
                   seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs in each graph's valid range, for tracing, parity and the FP16 check."""
+    """Random inputs in each graph's valid range (``GRAPH_EXPORTS[graph].inputs``), for tracing,
+    parity and the FP16 check."""
     rng = np.random.default_rng(seed)
     axes = {"batch": batch, "cfg_batch": batch, "text_len": text_len}
+    makers = GRAPH_EXPORTS[spec.name].inputs
     out: dict[str, np.ndarray] = {}
-
-    def log_mel(shape):
-        return np.clip(rng.normal(-5.0, 2.0, shape), math.log(C.LOG_MEL_CLAMP), 3.0).astype(np.float32)
-
     for t in spec.inputs:
-        shape = spec.concrete_shape(t, **axes)
-        name = (spec.name, t.name)
-        if name == ("synchformer", "video"):
-            x = rng.uniform(-1.0, 1.0, shape)
-        elif name == ("clap_text", "input_ids"):
-            x = _token_ids(rng, shape, configs["clap_text"])
-        elif name == ("clap_text", "attention_mask"):
-            x = (out["input_ids"] != configs["clap_text"].pad_token_id).astype(np.int64)
-        elif name in (("vae_encoder", "mel"), ("vocoder", "mel")):
-            x = log_mel(shape)
-        elif name == ("unet_adapter", "timesteps"):
-            x = rng.integers(0, C.TRAIN_STEPS, shape)
-            x[0] = C.TRAIN_STEPS - 1  # the first (largest) DDIM timestep range is always covered
-        elif name == ("unet_adapter", "film"):
-            x = rng.standard_normal(shape)
-            x /= np.linalg.norm(x, axis=-1, keepdims=True)  # CLAP embeddings are L2-normalised
-        else:  # phi features, latents, hint
-            x = rng.standard_normal(shape)
-        out[t.name] = np.ascontiguousarray(x.astype(t.dtype))
+        x = makers[t.name](rng, spec.concrete_shape(t, **axes), configs, out)
+        out[t.name] = np.ascontiguousarray(np.asarray(x).astype(t.dtype))
     return out
-
-
-def _token_ids(rng: np.random.Generator, shape: tuple[int, int], cfg) -> np.ndarray:
-    """<s> w … w </s> <pad> …: row 0 full length, the others shorter; word ids avoid the specials."""
-    b, length = shape
-    ids = np.full(shape, cfg.pad_token_id, dtype=np.int64)
-    first_word = max(cfg.bos_token_id, cfg.pad_token_id, cfg.eos_token_id) + 1
-    for i in range(b):
-        n = length if i == 0 else int(rng.integers(2, length + 1))
-        ids[i, 0] = cfg.bos_token_id
-        ids[i, 1:n - 1] = rng.integers(first_word, cfg.vocab_size, n - 2)
-        ids[i, n - 1] = cfg.eos_token_id
-    return ids
 
 
 # --------------------------------------------------------------------------- run
@@ -465,13 +411,14 @@ def export_graph(module, spec: GraphSpec, out_dir: str | os.PathLike, example: M
         del model
         onnx.shape_inference.infer_shapes_path(str(staged), str(staged))
         onnx.checker.check_model(str(staged))
-        from rewas_rt.atomic import default_file_mode
+        from rewas_rt.atomic import default_file_mode, fsync_path, publish_together
 
-        for f in (staged, tmp / final_data.name) if big else (staged,):
+        pairs = [(str(tmp / final_data.name), str(final_data))] if big else []
+        pairs.append((str(staged), str(final_onnx)))
+        for f, _ in pairs:
             os.chmod(f, default_file_mode())  # onnx writes external data as 0600
-        if big:
-            os.replace(tmp / final_data.name, final_data)
-        os.replace(staged, final_onnx)
+            fsync_path(f)
+        publish_together(pairs)  # .onnx.data and .onnx as a pair: a failure restores both
         if not big:
             final_data.unlink(missing_ok=True)
     except ExportError:
@@ -493,15 +440,10 @@ def export_and_check(source: ModelSource, graph: str, out_dir: str | os.PathLike
     result = export_graph(module, spec, out_dir, example, external_data=external_data)
     par = None
     if check:
-        batch = parity_batch or default_parity_batch(graph)
+        batch = parity_batch or GRAPH_EXPORTS[graph].parity_batch
         feeds = sample_inputs(spec, source.configs, batch, PARITY_TEXT_LEN, seed=seed + 2)
         par = parity(module, spec, result.onnx, feeds, rtol)
     return result, par
-
-
-def default_parity_batch(graph: str) -> int:
-    # One synchformer item is 14 segments of 16 frames at 224x224 (134 MB): keep it at 1.
-    return 1 if graph == "synchformer" else PARITY_BATCH
 
 
 def fmt_parity(p: Mapping[str, Any] | None) -> str:
@@ -551,6 +493,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and test inputs")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="export_onnx.py", description="Export the ReWaS graphs to ONNX and check parity.")
     add_source_args(p)
@@ -569,31 +512,26 @@ def main(argv: list[str] | None = None) -> int:
     graphs = parse_graphs(args.graphs, p)
     skip_parity = set(GRAPHS) if args.no_parity == "all" else set(parse_graphs(args.no_parity, p)) if args.no_parity else set()
     ext = {"auto": None, "always": True, "never": False}[args.external_data]
-    try:
-        source = source_from_args(args, p)
-        report = {}
-        failures = []
-        for i, g in enumerate(graphs, 1):
-            res, par = export_and_check(source, g, args.out, parity_batch=args.parity_batch,
-                                        check=g not in skip_parity, external_data=ext, seed=args.seed,
-                                        trace_batch=args.trace_batch)
-            sizes = ", ".join(f"{f.name} {f.stat().st_size / 2**20:.1f} MiB" for f in res.files)
-            print(f"[{i}/{len(graphs)}] {g}: export {res.seconds:.1f}s ({res.nodes} nodes; {sizes}); {fmt_parity(par)}",
-                  flush=True)
-            report[g] = {"seconds": res.seconds, "nodes": res.nodes,
-                         "files": {f.name: f.stat().st_size for f in res.files}, "parity": par}
-            if par is not None and not par["ok"]:
-                failures.append(parity_failure(g, par))
-            source.release(*GRAPH_COMPONENTS[g])
-        if args.report:
-            args.report.write_text(json.dumps(report, indent=1, default=float) + "\n")
-        if failures:
-            print("error: " + "; ".join(failures), file=sys.stderr)
-            return 1
-        return 0
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    source = source_from_args(args, p)
+    report = {}
+    failures = []
+    for i, g in enumerate(graphs, 1):
+        res, par = export_and_check(source, g, args.out, parity_batch=args.parity_batch,
+                                    check=g not in skip_parity, external_data=ext, seed=args.seed,
+                                    trace_batch=args.trace_batch)
+        sizes = ", ".join(f"{f.name} {f.stat().st_size / 2**20:.1f} MiB" for f in res.files)
+        print(f"[{i}/{len(graphs)}] {g}: export {res.seconds:.1f}s ({res.nodes} nodes; {sizes}); {fmt_parity(par)}",
+              flush=True)
+        report[g] = {"seconds": res.seconds, "nodes": res.nodes,
+                     "files": {f.name: f.stat().st_size for f in res.files}, "parity": par}
+        if par is not None and not par["ok"]:
+            failures.append(parity_failure(g, par))
+        source.release(*GRAPH_COMPONENTS[g])
+    if args.report:
+        atomic_write_text(args.report, json.dumps(report, indent=1, default=float) + "\n")
+    if failures:
+        raise ExportError("; ".join(failures))
+    return 0
 
 
 if __name__ == "__main__":

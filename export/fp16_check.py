@@ -54,6 +54,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import InputError, cli_main
+
 FP16_MAX = 65504.0
 DEFAULT_HEADROOM = 4.0
 TRIG_TOL = 1e-3  # rad of argument rounding error tolerated in Sin/Cos/Tan
@@ -422,67 +425,87 @@ def _first_nonfinite(g: _Graph, st: Mapping[str, tuple[float, bool]], keep: set[
 # --------------------------------------------------------------------------- CLI
 
 
-def _feeds_for(onnx_path: Path, graph: str, batch: int, seed: int, configs=None) -> dict[str, np.ndarray]:
-    """Sample inputs from the graph contract; configs (for token ids) from the engine manifest or the tiny preset."""
-    from export.export_onnx import sample_inputs
+def identify(model) -> str | None:
+    """Which graph of ``rewas_rt.graphs.GRAPHS`` an ONNX model is, from its input and output names."""
     from rewas_rt.graphs import GRAPHS
 
-    feature_dim = None
+    io = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
+    matches = [g for g, s in GRAPHS.items() if io == ([t.name for t in s.inputs], [t.name for t in s.outputs])]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _model_dims(model, graph: str) -> dict[str, int]:
+    """Values of the contract's model dimensions (e.g. feature_dim), read from the graph's own I/O shapes."""
+    from rewas_rt.graphs import GRAPHS, MODEL_DIMS
+
+    spec = GRAPHS[graph]
+    dims: dict[str, int] = {}
+    for specs, values in ((spec.inputs, model.graph.input), (spec.outputs, model.graph.output)):
+        for t, v in zip(specs, values):
+            for axis, d in zip(t.shape, v.type.tensor_type.shape.dim):
+                if isinstance(axis, str) and axis in MODEL_DIMS and d.dim_value:
+                    dims[axis] = d.dim_value
+    return dims
+
+
+def _feeds_for(onnx_path: Path, graph: str, batch: int, seed: int, configs=None) -> dict[str, np.ndarray]:
+    """Sample inputs from the graph contract and ``export.graph_table``; model dimensions from the
+    graph itself, configs (token ids) from the tiny preset adjusted to the graph."""
     import onnx
 
+    from export.export_onnx import sample_inputs
+    from export.graph_table import GRAPH_EXPORTS
+    from rewas_rt.graphs import GRAPHS
+
     m = onnx.load(str(onnx_path), load_external_data=False)
-    if graph in ("synchformer", "phi"):
-        dims = [d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
-        feature_dim = dims[-1] if graph == "synchformer" else None
-        if graph == "phi":
-            feature_dim = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim][-1]
-    spec = GRAPHS[graph].resolved(**({"feature_dim": feature_dim} if feature_dim else {}))
+    spec = GRAPHS[graph].resolved(**_model_dims(m, graph))
     if configs is None:
         from training.models import presets
 
         configs = presets.tiny()
-        if graph == "clap_text":
-            vocab = _vocab_size(m)
-            configs["clap_text"] = type(configs["clap_text"])(**{**configs["clap_text"].to_dict(), "vocab_size": vocab})
+        adapt = GRAPH_EXPORTS[graph].configs_from_onnx
+        if adapt is not None:
+            configs = adapt(configs, m)
     return sample_inputs(spec, configs, batch, seed=seed)
 
 
-def _vocab_size(m) -> int:
-    for t in m.graph.initializer:
-        if "word_embeddings" in t.name:
-            return int(t.dims[0])
-    return 512
-
-
+@cli_main
 def main(argv: list[str] | None = None) -> int:
+    from export.graph_table import GRAPH_EXPORTS
     from rewas_rt.graphs import GRAPHS
 
     p = argparse.ArgumentParser(prog="fp16_check.py", description="Find the ONNX nodes that must stay FP32 in an FP16 engine.")
-    p.add_argument("path", type=Path, help="an exported <graph>.onnx, or an engine/ONNX folder with all seven")
+    p.add_argument("path", type=Path, help="an exported graph (.onnx, recognised by its inputs/outputs) or a folder of them")
     p.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM, help="max|x| must stay below 65504/headroom")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=None, help="batch of the sample inputs (default: the graph's, 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the reports (with the FP32 node lists) as JSON")
     p.add_argument("--list", action="store_true", help="print every FP32 node with its reason")
     args = p.parse_args(argv)
+    import onnx
+
     if args.path.is_dir():
-        paths = [(g, args.path / f"{g}.onnx") for g in GRAPHS if (args.path / f"{g}.onnx").is_file()]
-        if not paths:
-            print(f"error: no <graph>.onnx files in {args.path}", file=sys.stderr)
-            return 2
+        files = sorted(args.path.glob("*.onnx"))
     elif args.path.is_file():
-        if args.path.stem not in GRAPHS:
-            print(f"error: {args.path.name}: the file name must be <graph>.onnx, graph one of {', '.join(GRAPHS)}",
-                  file=sys.stderr)
-            return 2
-        paths = [(args.path.stem, args.path)]
+        files = [args.path]
     else:
-        print(f"error: {args.path} does not exist", file=sys.stderr)
-        return 2
+        raise InputError(f"{args.path} does not exist")
+    paths = []
+    for f in files:  # which graph a file is: from its inputs and outputs, not its name
+        try:
+            graph = identify(onnx.load(str(f), load_external_data=False))
+        except Exception as e:  # noqa: BLE001 - onnx raises DecodeError and friends
+            raise InputError(f"{f}: not an ONNX model ({type(e).__name__})") from None
+        if graph is None and args.path.is_file():
+            raise InputError(f"{f.name}: its inputs/outputs match none of the graphs {', '.join(GRAPHS)}")
+        if graph is not None:
+            paths.append((graph, f))
+    if not paths:
+        raise InputError(f"no graph of {', '.join(GRAPHS)} in {args.path}")
     out = {}
     worst_nonfinite = False
     for graph, path in paths:
-        feeds = _feeds_for(path, graph, args.batch, args.seed)
+        feeds = _feeds_for(path, graph, args.batch or GRAPH_EXPORTS[graph].fp16_batch, args.seed)
         rep = check_graph(path, feeds, headroom=args.headroom, graph=graph)
         print(f"{graph}: {rep.summary()}; max activation {rep.max_activation:.3g}")
         if args.list:
@@ -491,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         out[graph] = {**rep.to_dict(), "fp32_layers": rep.fp32_layers, "reasons_by_node": rep.reasons}
         worst_nonfinite |= rep.mitigated["nonfinite"]
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1, default=float) + "\n")
+        atomic_write_text(args.json, json.dumps(out, indent=1, default=float) + "\n")
     return 1 if worst_nonfinite else 0
 
 

@@ -248,6 +248,10 @@ def graph_types(path: str | os.PathLike) -> dict[str, int]:
 # --------------------------------------------------------------------------- CLI
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     from export.fp16_check import _feeds_for
     from rewas_rt import manifest as M
@@ -258,18 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="where the FP16 graphs go (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    try:
-        m = M.verify(args.engine_dir)
-    except M.ManifestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    m = M.verify(args.engine_dir)
     out = args.out or Path(tempfile.mkdtemp(prefix="rewas-fp16-"))
     out.mkdir(parents=True, exist_ok=True)
     failed = []
-    for g, entry in m["graphs"].items():
-        src = args.engine_dir / entry["onnx"]["path"]
+    for g, entry in m.graphs.items():
+        src = args.engine_dir / entry.onnx.path
         dst = out / fp16_name(g)
-        info = convert(src, dst, entry["fp32_layers"])
+        info = convert(src, dst, entry.fp32_layers)
         cmp = check(src, dst, [_feeds_for(src, g, b, args.seed + 4 + b) for b in (1, 2)])
         if not cmp["ok"]:
             failed.append(g)

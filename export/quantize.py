@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
+from rewas_rt.errors import RewasError, cli_main
 from rewas_rt.graphs import GRAPHS, GraphSpec
 
 MODES = ("dynamic", "static")
@@ -46,7 +47,7 @@ OP_TYPES: dict[str, dict[str, tuple[str, ...]]] = {
 INT8_VERSION = 1  # bump when what quantize_graph writes changes
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(RewasError):
     pass
 
 
@@ -162,6 +163,7 @@ def quantize_graph(src: str | os.PathLike, dst: str | os.PathLike, graph: str, c
             "check": report, "version": INT8_VERSION}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="quantize.py", description=__doc__.split("\n\n")[0])
     p.add_argument("src", type=Path, help="FP32 graph (.onnx) of an engine directory")
@@ -176,12 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     from training.models import presets
 
     configs = presets.preset(args.config)
-    try:
-        info = quantize_graph(args.src, args.dst, args.graph, configs, args.mode, threads=args.threads,
-                              repeats=args.repeats, feature_dim=args.feature_dim)
-    except QuantizeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    info = quantize_graph(args.src, args.dst, args.graph, configs, args.mode, threads=args.threads,
+                          repeats=args.repeats, feature_dim=args.feature_dim)
     c = info["check"]
     print(f"{args.graph} {args.mode}: {args.dst}; fp32 {c['seconds_fp32']:.3f}s, int8 {c['seconds_int8']:.3f}s "
           f"(x{c['speedup']:.2f}); deviation {c['deviation']}")

@@ -3,7 +3,7 @@
     python -m export.release [--dir DIR]          # download only
     python export/build_engines.py --release --out engines/rewas-m   # download, import, build
 
-``SOURCES`` is the one table of where every file comes from (DESIGN.md §5): the ReWaS
+``SOURCES`` is the one table of where every file comes from (docs/design.md §7): the ReWaS
 and φ checkpoints and the RoBERTa tokenizer from the Hugging Face Hub (through
 ``huggingface_hub``: ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, its cache and token apply),
 three AudioLDM checkpoints that only exist inside AudioLDM-training's ``checkpoints.tar``
@@ -50,7 +50,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewas_rt.atomic import atomic_path
-from rewas_rt.errors import RewasError
+from rewas_rt.errors import RewasError, cli_main
 
 DEFAULT_DIR = Path("~/.cache/rewas-rt/release")
 STATE_NAME = "release.json"
@@ -798,7 +798,7 @@ def verify_layout(src: Source, path: Path, configs: Mapping[str, Any] | None, tr
 
 
 def verify_tokenizer(folder: Path) -> int:
-    from export import tokenizer as T
+    from training import tokenizer as T
 
     try:
         tok = T.from_folder(folder)
@@ -985,6 +985,7 @@ def ensure(folder: Path | None = None, *, release: Release | None = None, opts: 
 
 # --------------------------------------------------------------------------- CLI
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.release", description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", type=Path, default=None, help=f"release folder (default: {DEFAULT_DIR})")
@@ -998,15 +999,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s.rel}: {s.kind} {s.location}{' :: ' + s.path if s.kind != 'url' else ''} "
                   f"(≈ {_gb(s.approx_bytes)}), {s.licence.name}")
         return 0
-    try:
-        ensure(args.dir, rehash=args.rehash, trust_pickle=args.trust_pickle)
-    except RewasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; finished files are kept and partial downloads resume on the next run",
-              file=sys.stderr)
-        return 130
+    # Interrupted (cli_main: exit 130), finished files are kept and partial downloads resume on the next run.
+    ensure(args.dir, rehash=args.rehash, trust_pickle=args.trust_pickle)
     return 0
 
 

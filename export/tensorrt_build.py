@@ -48,7 +48,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from rewas_rt.graphs import GraphSpec
-from rewas_rt.manifest import atomic_write_bytes
+from rewas_rt.atomic import atomic_write_bytes
+from rewas_rt.errors import RewasError
 
 log = logging.getLogger("rewas_rt")
 
@@ -58,7 +59,7 @@ TYPINGS = ("strong", "weak")
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]\x1e\x1f]+)\]")
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(RewasError, RuntimeError):
     pass
 
 

@@ -1,5 +1,5 @@
 """Audio I/O: read any audio or video file's sound as 16 kHz mono, write WAV files,
-and mux generated audio into a copy of the input video (DESIGN.md §1 row 12).
+and mux generated audio into a copy of the input video (docs/design.md §1 stage 12).
 
 Times are on the file's timeline (``media.py``), shared with ``video.load_video``,
 so audio read from a video lines up with its frames.
@@ -102,7 +102,7 @@ def mux(
         raise OutputError(f"{out_path}: the muxed video must end in {allowed} (containers that take AAC)")
     media.check_start(start)
     wave = _mono(wave)
-    video_end = _video_end(video_path)
+    video_end = media.video_end(video_path)
     if start >= video_end:
         ends = f"{float(video_end):.2f}"
         raise InputError(f"{video_path}: start {start:g} s leaves no video (the video ends at {ends} s)")
@@ -141,21 +141,6 @@ def _mono(wave: np.ndarray) -> np.ndarray:
     if not np.isfinite(wave).all():
         raise ValueError("waveform contains NaN or infinity")
     return wave
-
-
-def _video_end(path: str) -> Fraction:
-    """End of the first video stream on the file's timeline, from its packets (no decoding)."""
-    with media.open_input(path) as container:
-        stream = media.first_stream(container, "video", path)
-        t0, end = media.origin(container), None
-        step = 1 / Fraction(stream.average_rate or C.FPS)
-        for packet in container.demux(stream):
-            if packet.pts is not None:
-                t = packet.pts * stream.time_base + (packet.duration * stream.time_base if packet.duration else step)
-                end = t if end is None else max(end, t)
-    if end is None:
-        raise InputError(f"{path}: the video stream has no packets")
-    return end - t0
 
 
 def _encode_aac(dst, track: np.ndarray, sr: int, first_pts: int) -> list:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import secrets
@@ -11,8 +12,9 @@ from pathlib import Path
 
 from rewas_rt import __version__
 from rewas_rt import constants as C
-from rewas_rt.errors import OutputError, RewasError
-from rewas_rt.samplers import SAMPLERS
+from rewas_rt.atomic import atomic_paths
+from rewas_rt.errors import OutputError, RewasError, cli_main
+from rewas_rt.options import OPTIONS
 
 DEFAULT_ENGINES = os.environ.get("REWAS_ENGINES", "engines")
 
@@ -28,12 +30,14 @@ class _Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled and sys.stderr.isatty()
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, label: str = "") -> None:
         if not self.enabled:
             return
         width = 30
         filled = width * done // total
-        print(f"\rsampling [{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps", end="", file=sys.stderr)
+        label = f" ({label})" if label else ""
+        print(f"\rsampling [{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps{label}", end="",
+              file=sys.stderr)
         if done == total:
             print(file=sys.stderr)
 
@@ -51,11 +55,14 @@ def _numbered(path: Path, index: int, count: int) -> Path:
     return path if count == 1 else path.with_name(f"{path.stem}.{index}{path.suffix}")
 
 
-def _sampler_settings(args: argparse.Namespace, recommended: dict) -> dict:
+def _sampler_settings(args: argparse.Namespace, recommended: dict | None) -> dict:
     """sampler, steps and guidance interval: the flags, else the engine directory's recommendation
-    (``scheduler.recommended`` in its manifest), else the sampler's default step count."""
+    (``EngineDirectory.recommended``: the manifest's scheduler section; None: the original's
+    DDIM 200), else the sampler's default step count."""
     from rewas_rt.samplers import DEFAULT_STEPS
 
+    if recommended is None:
+        recommended = {"sampler": "ddim", "steps": C.DDIM_STEPS, "guidance_interval": None}
     sampler = args.sampler or recommended["sampler"]
     steps = args.steps
     if steps is None:
@@ -66,11 +73,37 @@ def _sampler_settings(args: argparse.Namespace, recommended: dict) -> dict:
     return {"sampler": sampler, "steps": steps, "guidance_interval": tuple(interval) if interval else None}
 
 
+def _duration(text: str) -> float | None:
+    if text.strip().lower() == "full":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'full', got {text!r}") from None
+
+
+def _clip_arguments(p: argparse.ArgumentParser) -> None:
+    """Which part of the video gets sound (rewas_rt/windows.py: longer than 5.12 s = several windows)."""
+    from rewas_rt.windows import WindowOptions
+
+    limit = WindowOptions().max_duration
+    p.add_argument("--start", type=OPTIONS["start"].arg_type(), default=0.0,
+                   help="start of the clip in seconds (default 0)")
+    p.add_argument("--duration", type=_duration, default=None, metavar="SECONDS|full",
+                   help="length of the clip (default full: to the end of the video; 5.12 = one model window)")
+    p.add_argument("--max-duration", type=float, default=limit,
+                   help=f"refuse clips longer than this many seconds (default {limit:g})")
+    p.add_argument("--join", choices=("repaint", "crossfade"), default="repaint",
+                   help="how windows join: the overlap continues the previous window (default), or plain crossfade")
+
+
 def _infer(args: argparse.Namespace) -> int:
     from rewas_rt.audio import mux, write_wav
-    from rewas_rt.energy_control import EnergyEdit, curve_from_audio, load_curve, plot_curve, pyplot, write_curve_csv
-    from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
+    from rewas_rt.energy_control import curve_from_audio, load_curve, plot_curve, pyplot, write_curve_csv
+    from rewas_rt.options import int8_graphs
+    from rewas_rt.pipeline import Pipeline, VideoRequest, plan_clip
     from rewas_rt.video import load_video
+    from rewas_rt.windows import WindowOptions
 
     video_path = Path(args.video)
     out = Path(args.output) if args.output else video_path.with_name(video_path.stem + ".rewas.wav")
@@ -84,49 +117,65 @@ def _infer(args: argparse.Namespace) -> int:
         _check_writable(p)
     if args.plot_energy:
         pyplot()  # fail now, not after generating, when matplotlib is missing
-    if args.candidates < 1:
-        raise RewasError("--candidates must be at least 1")
+    options = _generation_options(args)  # every value was range-checked by argparse; this checks combinations
 
-    clip = load_video(video_path, start=args.start)
+    windows = WindowOptions(max_duration=args.max_duration, join=args.join,
+                            fade="equal-power" if args.join == "crossfade" else "linear")
+    request = VideoRequest(prompt=args.prompt, seed=0, video=video_path, start=args.start, duration=args.duration)
+    plan = plan_clip(request, windows)  # a bad video or clip fails here, before the engines load
     pipe = Pipeline(args.engines, backend=args.backend, threads=args.threads, checksums=not args.skip_checksums,
-                    int8=[g.strip() for g in (args.int8 or "").split(",") if g.strip()])
+                    int8=int8_graphs(args.int8))
+    # sampler/steps/guidance interval: the flags, else the engine directory's recommendation
+    options = dataclasses.replace(options, **_sampler_settings(args, pipe.dir.recommended))
     pipe.tokenizer.ids(args.prompt)  # reject a bad prompt before the expensive work
-    energy = None
     if args.energy_curve:
-        energy = load_curve(args.energy_curve)
+        request.energy = load_curve(args.energy_curve, frames=None)
     elif args.energy_from_audio:
-        energy = curve_from_audio(args.energy_from_audio, start=args.start)
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    options = GenerationOptions(
-        **_sampler_settings(args, pipe.dir.recommended), guidance=args.guidance, eta=args.eta,
-        candidates=args.candidates,
-        hint_from_mean=args.hint_mean,
-        energy_edit=EnergyEdit(args.energy_scale, args.energy_offset, *(args.energy_clip or (None, None))),
-    )
-    _say(args, f"generating on {pipe.backend.name} with seed {seed} ({options.sampler}, {options.steps} steps)")
-    request = Request(prompt=args.prompt, seed=seed, frames=clip.frames, energy=energy)
-    (result,) = pipe.generate([request], options, progress=_Progress(not args.quiet))
+        request.energy = curve_from_audio(args.energy_from_audio, start=args.start, plan=plan if len(plan) > 1 else None)
+    request.seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    _say(args, f"generating {plan.frames / C.FPS:.2f} s ({len(plan)} window{'s' * (len(plan) > 1)}) "
+               f"on {pipe.backend.name} with seed {request.seed} ({options.sampler}, {options.steps} steps)")
+    options = dataclasses.replace(options, windows=windows)
+    result = pipe.generate_video(request, options, progress=_Progress(not args.quiet))
 
-    samples = round(clip.real_seconds * C.SAMPLE_RATE)  # the generated track covers the video window
-    for i, wave in enumerate(result.waveforms):
-        wav_path = _numbered(out, i, args.candidates)
-        write_wav(wav_path, wave[:samples])
-        _say(args, f"wrote {wav_path}")
+    # Every output of the request goes to a temporary name first; they are published together
+    # only when all were written, so a failure at any step (e.g. a stream the container cannot
+    # take) leaves no file of this request behind and no earlier file replaced.
+    writers = []
+    for i, wave in enumerate(result.waveforms):  # the whole clip: plan.frames video frames long
+        writers.append((_numbered(out, i, args.candidates), lambda p, w=wave: write_wav(p, w)))
         if args.mux:
-            mux_path = _numbered(Path(args.mux), i, args.candidates)
-            mux(video_path, wave[:samples], C.SAMPLE_RATE, mux_path, start=clip.start)
-            _say(args, f"wrote {mux_path}")
+            writers.append((_numbered(Path(args.mux), i, args.candidates),
+                            lambda p, w=wave: mux(video_path, w, C.SAMPLE_RATE, p, start=args.start)))
     if args.write_energy:
-        write_curve_csv(args.write_energy, result.energy)
-        _say(args, f"wrote {args.write_energy}")
-    if args.plot_energy:
-        plot_curve(args.plot_energy, result.energy, clip.frames[: clip.real_frames])
-        _say(args, f"wrote {args.plot_energy}")
+        writers.append((Path(args.write_energy), lambda p: write_curve_csv(p, result.energy)))
+    if args.plot_energy:  # with the frames under the curve for one window; a longer clip's would not fit
+        def _plot(p):
+            frames = load_video(video_path, args.start).frames[: plan.frames] if len(plan) == 1 else None
+            plot_curve(p, result.energy, frames)
+        writers.append((Path(args.plot_energy), _plot))
+    with atomic_paths([p for p, _ in writers]) as tmps:
+        for tmp, (final, write) in zip(tmps, writers):
+            try:
+                write(tmp)
+            except OutputError as e:  # name the file the user asked for, not the temporary one
+                raise OutputError(str(e).replace(tmp, str(final))) from None
+    for final, _ in writers:
+        _say(args, f"wrote {final}")
     if args.verbose:
         for stage, secs in pipe.timings.items():
             _say(args, f"  {stage:14s} {secs * 1000:9.1f} ms")
         _say(args, f"  {'total':14s} {sum(pipe.timings.values()) * 1000:9.1f} ms")
     return 0
+
+
+def _generation_options(args: argparse.Namespace):
+    """The validated GenerationOptions of `infer`'s arguments (rewas_rt.options)."""
+    from rewas_rt.options import GenerationOptions, energy_edit
+
+    edit = energy_edit(args.energy_scale, args.energy_offset, *(args.energy_clip or (None, None)))
+    return GenerationOptions(**_sampler_settings(args, None), guidance=args.guidance, eta=args.eta,
+                             candidates=args.candidates, hint_from_mean=args.hint_mean, energy_edit=edit)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -147,14 +196,14 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     d = open_engine_dir(engines, checksums=False)
     m = d.manifest
-    print(f"engines: {engines} (model {m.get('model', {}).get('name', '?')}, built {m.get('created', '?')})")
-    for name, g in m["graphs"].items():
-        e = g["engine"]
-        plan = (f"TensorRT {e['precision']}" + (f" ({e['typing']}ly typed)" if e.get("typing") else "")) if e \
+    print(f"engines: {engines} (model {m.model.name}, built {m.created})")
+    for name, g in m.graphs.items():
+        e = g.engine
+        plan = (f"TensorRT {e.precision}" + (f" ({e.typing}ly typed)" if e.typing else "")) if e \
             else "no TensorRT engine"
-        fp16 = " + FP16 graph" if g.get("fp16_onnx") else ""
-        print(f"  {name:13s} {g['onnx']['bytes'] / 2**20:9.1f} MiB onnx{fp16}; {plan}")
-    if m.get("model", {}).get("name") != "rewas-m":
+        fp16 = " + FP16 graph" if g.fp16_onnx else ""
+        print(f"  {name:13s} {g.onnx.bytes / 2**20:9.1f} MiB onnx{fp16}; {plan}")
+    if m.model.name != "rewas-m":
         print(RELEASE_HINT)
     return 0
 
@@ -164,12 +213,25 @@ RELEASE_HINT = ("released model (rewas-m): not in use; get it with `python expor
                 "\"Use the released model\"), then --engines engines/rewas-m")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one `error:` line (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _opt(name: str) -> dict:
+    """argparse keywords of an option of rewas_rt.options: its parser (type and range) and help."""
+    o = OPTIONS[name]
+    return {"type": o.arg_type(), "default": o.default, "help": o.help}
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rewas-rt", description="ReWaS: sound for a silent video from a text prompt.")
+    p = _Parser(prog="rewas-rt", description="ReWaS: sound for a silent video from a text prompt.")
     p.add_argument("--version", action="version", version=f"rewas-rt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--engines", default=DEFAULT_ENGINES, help="engine directory (default: $REWAS_ENGINES or ./engines)")
     common.add_argument("-v", "--verbose", action="store_true", help="log the backend choice and per-stage timings")
     common.add_argument("-q", "--quiet", action="store_true", help="print errors only")
@@ -179,26 +241,29 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("prompt")
     inf.add_argument("-o", "--output", help="WAV to write (default: VIDEO.rewas.wav beside the video)")
     inf.add_argument("--mux", metavar="OUT", help="also write the video with the generated track (.mp4/.mov/.mkv)")
-    inf.add_argument("--start", type=float, default=0.0, help="start of the 5 s window in seconds (default 0)")
-    inf.add_argument("--sampler", choices=SAMPLERS, help="ddim (the original), dpmpp-2m or dpmpp-2m-sde "
-                     "(default: the engine directory's recommendation; DDIM for the released model)")
-    inf.add_argument("--steps", type=int, help=f"sampler steps (default: the recommendation; DDIM {C.DDIM_STEPS})")
-    inf.add_argument("--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"),
+    _clip_arguments(inf)
+    inf.add_argument("--sampler", **{**_opt("sampler"), "default": None})
+    inf.add_argument("--steps", **{**_opt("steps"), "default": None,
+                                   "help": f"sampler steps (default: the recommendation; DDIM {C.DDIM_STEPS}); "
+                                           "DDIM counts its uniform schedule cannot run are refused"})
+    inf.add_argument("--guidance-interval", type=OPTIONS["guidance_interval_low"].arg_type("guidance_interval"),
+                     nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"),
                      help="apply guidance only at noise levels sigma in (LO, HI], one model branch elsewhere "
                           "(sigma = sqrt((1-abar)/abar): 0.055 at t=1 … 81 at t=996; default: everywhere)")
-    inf.add_argument("--guidance", type=float, default=C.GUIDANCE, help=f"CFG scale (default {C.GUIDANCE})")
-    inf.add_argument("--eta", type=float, default=C.ETA, help=f"DDIM eta (default {C.ETA}, as the original)")
-    inf.add_argument("--seed", type=int, help="random seed (default: random, printed)")
-    inf.add_argument("--candidates", type=int, default=1, help="candidates to generate (files numbered .0, .1, …)")
+    inf.add_argument("--guidance", **_opt("guidance"))
+    inf.add_argument("--eta", **_opt("eta"))
+    inf.add_argument("--seed", **_opt("seed"))
+    inf.add_argument("--candidates", **_opt("candidates"))  # files numbered .0, .1, …
     inf.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime-{tensorrt,cuda,cpu}")
-    inf.add_argument("--threads", type=int, help="ONNX Runtime CPU threads (default: physical cores)")
-    inf.add_argument("--int8", metavar="GRAPHS", help="run these graphs' INT8 variants (e.g. synchformer; CPU "
-                     "backend; built with build_engines --int8; faster, not bit-exact: see benchmarks/README.md)")
+    inf.add_argument("--threads", **_opt("threads"))
+    inf.add_argument("--int8", metavar="GRAPHS", **_opt("int8"))
     inf.add_argument("--skip-checksums", action="store_true", help="check engine file sizes only, not sha256")
     e = inf.add_argument_group("energy control (units: mean log-mel; see rewas_rt/energy_control.py)")
-    e.add_argument("--energy-scale", type=float, default=1.0, help="stretch the curve around its mean")
-    e.add_argument("--energy-offset", type=float, default=0.0, help="add to the curve (+1 ≈ +8.7 dB)")
-    e.add_argument("--energy-clip", type=float, nargs=2, metavar=("MIN", "MAX"), help="clip the curve")
+    e.add_argument("--energy-scale", **_opt("energy_scale"))
+    e.add_argument("--energy-offset", **_opt("energy_offset"))
+    e.add_argument("--energy-clip", type=OPTIONS["energy_clip_min"].arg_type("energy_clip"), nargs=2, metavar=("MIN", "MAX"),
+                   help=f"clip the curve (each in [-{OPTIONS['energy_clip_min'].high:g}, "
+                        f"{OPTIONS['energy_clip_min'].high:g}])")
     src = e.add_mutually_exclusive_group()
     src.add_argument("--energy-curve", metavar="FILE", help="use this curve (.csv/.npy) instead of the video's")
     src.add_argument("--energy-from-audio", metavar="FILE", help="use the energy of this audio file")
@@ -209,9 +274,14 @@ def _parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", parents=[common], help="engine directory, backends and model constants")
     info.set_defaults(func=_info)
+
+    from rewas_rt.serve.command import add_parser as add_serve_parser  # no Ray import until it runs
+
+    add_serve_parser(sub, common)
     return p
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -221,14 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show_warning
-    try:
-        return args.func(args)
-    except RewasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The one place for constants the runtime uses. Provenance: the original configs
 (configs/audioldm_m_rewas.yaml, the Synchformer config, test.py defaults) as
-recorded in tests/fixtures/reference/README.md and DESIGN.md.
+recorded in tests/fixtures/reference/README.md and docs/design.md §4.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """DDIM sampling with classifier-free guidance, as the original DDIMSampler does it
 (ldm/models/diffusion/ddim.py: ``make_schedule``, ``p_sample_ddim``), in NumPy.
 
-Differences that do not change the maths (DESIGN.md §1): both CFG branches go
+Differences that do not change the maths (docs/design.md §1): both CFG branches go
 through the model in one batched call, and the conditions are concatenated once
 per request instead of once per step.
 """
@@ -15,9 +15,11 @@ import numpy as np
 from rewas_rt import constants as C
 from rewas_rt.guidance import Guided, Model, edm_sigma
 
-__all__ = ["DDIMSchedule", "Model", "NoiseSource", "ddim_step", "linear_schedule", "make_schedule", "sample"]
+__all__ = ["Constraint", "DDIMSchedule", "Model", "NoiseSource", "ddim_step", "linear_schedule", "make_schedule", "sample"]
 
 NoiseSource = Callable[[int, tuple[int, ...]], np.ndarray]
+# constrain(x, alpha_bar) -> x: e.g. inpainting (rewas_rt.windows.overlap_constraint).
+Constraint = Callable[[np.ndarray, float], np.ndarray]
 
 
 def linear_schedule(
@@ -47,6 +49,49 @@ class DDIMSchedule:
         return len(self.timesteps)
 
 
+def uniform_timesteps(ddim_steps: int, n_train: int = C.TRAIN_STEPS) -> np.ndarray:
+    """The original's "uniform" discretisation (make_ddim_timesteps): arange(0, n_train, n_train // S) + 1.
+
+    When S does not divide n_train the step count is len(arange(0, n_train, n_train // S)),
+    not S (e.g. S=7 gives 8 steps), exactly as in the original.
+    """
+    return np.arange(0, n_train, n_train // ddim_steps, dtype=np.int64) + 1
+
+
+def runnable_steps(ddim_steps: int, n_train: int = C.TRAIN_STEPS) -> bool:
+    """Whether the original can sample with S steps: every timestep must index its
+    n_train-long alphas_cumprod, i.e. the last one, 1 + the largest multiple of
+    n_train // S below n_train, must be < n_train. It is not when n_train // S divides
+    n_train − 1: S > n_train/2 (stride 1) and, for n_train = 1000, the strides 3, 9, 27,
+    37, 111, 333 (S = 3, 9, 27, 36, 37, 101–111, 251–333). The original fails there
+    with an index error; we refuse those counts before any work (``check_steps``)."""
+    if not 1 <= ddim_steps <= n_train:
+        return False
+    return int(uniform_timesteps(ddim_steps, n_train)[-1]) < n_train
+
+
+def nearest_runnable_steps(ddim_steps: int, n_train: int = C.TRAIN_STEPS) -> list[int]:
+    """The closest runnable step counts below and above ``ddim_steps`` (one or two)."""
+    below = next((s for s in range(min(ddim_steps, n_train + 1) - 1, 0, -1) if runnable_steps(s, n_train)), None)
+    above = next((s for s in range(max(ddim_steps, 0) + 1, n_train + 1) if runnable_steps(s, n_train)), None)
+    return [s for s in (below, above) if s is not None]
+
+
+def check_steps(ddim_steps: int, n_train: int = C.TRAIN_STEPS) -> None:
+    """ValueError (one line, naming the nearest runnable counts) unless ``runnable_steps``."""
+    if runnable_steps(ddim_steps, n_train):
+        return
+    near = " or ".join(map(str, nearest_runnable_steps(ddim_steps, n_train)))
+    if 1 <= ddim_steps <= n_train:
+        stride = n_train // ddim_steps
+        raise ValueError(
+            f"{ddim_steps} DDIM steps cannot run: the original's uniform schedule (timesteps 1, {1 + stride}, "
+            f"{1 + 2 * stride}, … of {n_train}) would end at {n_train}, past the last ({n_train - 1}); "
+            f"nearest valid step counts: {near}")
+    raise ValueError(f"DDIM steps must be in 1..{n_train // 2} (and runnable), got {ddim_steps}; "
+                     f"nearest valid step counts: {near}")
+
+
 def make_schedule(
     ddim_steps: int = C.DDIM_STEPS,
     eta: float = C.ETA,
@@ -54,16 +99,12 @@ def make_schedule(
     linear_end: float = C.LINEAR_END,
     n_train: int = C.TRAIN_STEPS,
 ) -> DDIMSchedule:
-    """The original's "uniform" DDIM discretisation: timesteps arange(0, n_train, n_train // S) + 1.
-
-    When S does not divide n_train the step count is len(arange(0, n_train, n_train // S)),
-    not S (e.g. S=7 gives 8 steps), exactly as in the original.
-    """
-    if not 1 <= ddim_steps <= n_train:
-        raise ValueError(f"ddim_steps must be in 1..{n_train}, got {ddim_steps}")
+    """The original's "uniform" DDIM discretisation (``uniform_timesteps``); step counts
+    it cannot run raise ValueError naming the nearest ones it can (``check_steps``)."""
+    check_steps(ddim_steps, n_train)
     _, alphas_cumprod = linear_schedule(linear_start, linear_end, n_train)
     acp = alphas_cumprod.astype(np.float32)  # the model's float32 buffer
-    timesteps = np.arange(0, n_train, n_train // ddim_steps, dtype=np.int64) + 1
+    timesteps = uniform_timesteps(ddim_steps, n_train)
     alphas = acp[timesteps]
     alphas_prev = np.concatenate([acp[:1], acp[timesteps[:-1]]]).astype(np.float64)
     # make_ddim_sampling_parameters mixes a float64 ndarray with the float32 tensor:
@@ -112,6 +153,7 @@ def sample(
     guidance: float,
     noise_source: NoiseSource,
     callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    constrain: Constraint | None = None,
     guidance_interval: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Run the DDIM loop from x_T (B, …) and return the final latent (float32).
@@ -125,13 +167,21 @@ def sample(
     the original's RNG does. ``callback(step, x_prev, pred_x0)`` sees each step.
     ``guidance_interval`` (σ_lo, σ_hi): guidance only at noise levels in that
     range, single-branch calls (B rows, ``cond`` only) elsewhere (``rewas_rt.guidance``).
+
+    ``constrain(x, alpha_bar)``, when given, replaces the sample wherever it is used:
+    x_T (at ᾱ of the first timestep), each x_prev (at its ᾱ_prev) and, with
+    alpha_bar = 1, the returned latent. Without it the loop is the original's.
     """
     guided = Guided(model, cond, uncond, guidance, guidance_interval)
     x = np.asarray(x_T, dtype=np.float32)
+    if constrain is not None:
+        x = constrain(x, float(schedule.alphas[-1]))
     for step, i in enumerate(range(schedule.steps - 1, -1, -1)):
         eps_u, eps_c = guided.branches(x, int(schedule.timesteps[i]), edm_sigma(schedule.alphas[i]))
         noise = noise_source(step, x.shape)
         x, pred_x0 = ddim_step(x, eps_u, eps_c, i, schedule, guidance, noise)
+        if constrain is not None:
+            x = constrain(x, 1.0 if i == 0 else float(schedule.alphas_prev[i]))
         if callback is not None:
             callback(step, x, pred_x0)
     return x

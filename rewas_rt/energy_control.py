@@ -2,7 +2,7 @@
 
 The curve lives in the model's own units: the mean over mel bins of the natural
 log mel magnitude, one value per mel frame (512 frames = 5.12 s, 10 ms each).
-Edits happen after φ's curve is smoothed and resized (DESIGN.md §1 row 5):
+Edits happen after φ's curve is smoothed and resized (docs/design.md §1 stage 5):
 
 * ``offset`` adds to the log energy: +1 ≈ ×e louder (≈ +8.7 dB) everywhere;
 * ``scale`` stretches the curve around its own mean: >1 more dynamic, <1 flatter;
@@ -53,9 +53,9 @@ def frame_times(n: int = C.MEL_FRAMES) -> np.ndarray:
     return np.arange(n) * (C.HOP / C.SAMPLE_RATE)
 
 
-def load_curve(path: str | Path) -> np.ndarray:
-    """A (512,) curve from .npy (1-D) or .csv (one value per row, or a header and an
-    ``energy`` column as written by ``write_curve_csv``)."""
+def load_curve(path: str | Path, frames: int | None = C.MEL_FRAMES) -> np.ndarray:
+    """A (frames,) curve from .npy (1-D) or .csv (one value per row, or a header and an
+    ``energy`` column as written by ``write_curve_csv``); ``frames=None``: as stored."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: energy curve file not found")
@@ -71,7 +71,7 @@ def load_curve(path: str | Path) -> np.ndarray:
     curve = np.asarray(curve, dtype=np.float32).squeeze()
     if curve.ndim != 1 or curve.size < 2 or not np.isfinite(curve).all():
         raise InputError(f"{path}: an energy curve must be a 1-D list of at least 2 finite numbers")
-    return resize_nearest(curve, C.MEL_FRAMES)
+    return curve if frames is None else resize_nearest(curve, frames)
 
 
 def _read_csv_curve(path: Path) -> np.ndarray:
@@ -83,12 +83,19 @@ def _read_csv_curve(path: Path) -> np.ndarray:
     return np.loadtxt(path, delimiter=",", ndmin=2)[:, -1]
 
 
-def curve_from_audio(path: str | Path, start: float = 0.0) -> np.ndarray:
-    """The (512,) energy curve of 5.12 s of a reference audio (or video) file from ``start``."""
+def curve_from_audio(path: str | Path, start: float = 0.0, plan=None) -> np.ndarray:
+    """The (512,) energy curve of 5.12 s of a reference audio (or video) file from ``start``;
+    with a ``windows.WindowPlan``, the curve of the whole clip, computed window by window as
+    φ's is (each window's exactly as the training targets, overlaps blended)."""
     from rewas_rt.audio import load_audio
 
-    wave = load_audio(path, start=start, duration=C.WINDOW_SECONDS)
-    return energy_target(wave)
+    if plan is None:
+        return energy_target(load_audio(path, start=start, duration=C.WINDOW_SECONDS))
+    from rewas_rt.windows import FRAME_SAMPLES, join_curves
+
+    wave = load_audio(path, start=start, duration=plan.covered * FRAME_SAMPLES / C.SAMPLE_RATE)
+    curves = [energy_target(wave[s * FRAME_SAMPLES:s * FRAME_SAMPLES + C.WAVE_SAMPLES]) for s in plan.starts]
+    return join_curves(np.stack(curves), plan)
 
 
 def write_curve_csv(path: str | Path, curve: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""The seven graph contracts (DESIGN.md §1): names, dtypes and shapes of every
+"""The seven graph contracts (docs/design.md §3): names, dtypes and shapes of every
 input and output, and the dynamic axes with their TensorRT profile ranges.
 
 Shared by ``export/`` (what it writes) and the runtime (what it checks and

@@ -18,6 +18,7 @@ import av
 import av.container
 import av.stream
 
+from rewas_rt import constants as C
 from rewas_rt.errors import InputError
 
 
@@ -126,3 +127,27 @@ def frame_time(frame, stream: av.stream.Stream, origin_s: Fraction) -> Fraction 
     if frame.pts is None:
         return None
     return frame.pts * stream.time_base - origin_s
+
+
+def video_end(path: str | os.PathLike) -> Fraction:
+    """End of the first video stream on the file's timeline (the last frame's time plus its
+    duration), from its packets: demuxed, not decoded, so cheap even for long videos."""
+    path = os.fspath(path)
+    with open_input(path) as container:
+        stream = first_stream(container, "video", path)
+        t0, end = origin(container), None
+        step = 1 / Fraction(stream.average_rate or C.FPS)
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError:  # a damaged file: its readable part counts (decode() warns)
+                break
+            if packet.pts is not None:
+                t = packet.pts * stream.time_base + (packet.duration * stream.time_base if packet.duration else step)
+                end = t if end is None else max(end, t)
+    if end is None:
+        raise InputError(f"{path}: the video stream has no packets")
+    return end - t0

@@ -92,17 +92,22 @@ def dpmpp_2m(
     *,
     sde: bool = False,
     guidance_interval: tuple[float, float] | None = None,
+    constrain: ddim.Constraint | None = None,
 ) -> np.ndarray:
     """DPM-Solver++(2M) (``sde=False``) or SDE-DPM-Solver++(2M) from x_T (B, …); returns x̂0 (float32).
 
     Model interface and CFG batching as ``ddim.sample``. ``callback(step, x, pred_x0)`` sees
-    each step. ``noise_source`` is required for ``sde=True``.
+    each step. ``noise_source`` is required for ``sde=True``. ``constrain(x, alpha_bar)`` as in
+    ``ddim.sample`` (window overlap): applied to x_T at ᾱ of the first level, to each new x at
+    its level's ᾱ and, with alpha_bar = 1, to the returned x̂0.
     """
     if sde and noise_source is None:
         raise ValueError("dpmpp-2m-sde needs a noise_source")
     guided = Guided(model, cond, uncond, guidance, guidance_interval)
     f32 = np.float32
     x = np.asarray(x_T, dtype=f32)
+    if constrain is not None:
+        x = constrain(x, float(levels.alphas[0] ** 2))
     lam, alphas, sigmas, edm = levels.lambdas, levels.alphas, levels.sigmas, levels.edm_sigmas
     prev_x0: np.ndarray | None = None
     h_prev = 0.0
@@ -128,6 +133,8 @@ def dpmpp_2m(
             h_prev = h
         prev_x0 = x0
         x = x.astype(f32, copy=False)
+        if constrain is not None:
+            x = constrain(x, float(alphas[k + 1] ** 2))
         if callback is not None:
             callback(k, x, x0)
     return x
@@ -146,15 +153,17 @@ def sample_with(
     *,
     eta: float = C.ETA,
     guidance_interval: tuple[float, float] | None = None,
+    constrain: ddim.Constraint | None = None,
 ) -> np.ndarray:
-    """Run ``sampler`` (one of ``SAMPLERS``) with ``steps`` steps; ``eta`` is DDIM's only."""
+    """Run ``sampler`` (one of ``SAMPLERS``) with ``steps`` steps; ``eta`` is DDIM's only;
+    ``constrain`` (window overlap) as in ``ddim.sample``."""
     check_interval(guidance_interval)
     if sampler == "ddim":
         return ddim.sample(model, x_T, cond, uncond, ddim.make_schedule(steps, eta), guidance, noise_source,
-                           callback, guidance_interval)
+                           callback, constrain=constrain, guidance_interval=guidance_interval)
     if sampler in ("dpmpp-2m", "dpmpp-2m-sde"):
         return dpmpp_2m(model, x_T, cond, uncond, noise_levels(steps), guidance, noise_source, callback,
-                        sde=sampler == "dpmpp-2m-sde", guidance_interval=guidance_interval)
+                        sde=sampler == "dpmpp-2m-sde", guidance_interval=guidance_interval, constrain=constrain)
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 

@@ -1,5 +1,5 @@
 """Video input: any file PyAV decodes → the window the Synchformer encoder takes
-(DESIGN.md §1 rows 1–2).
+(docs/design.md §1 stages 1–2).
 
 The original re-encodes the video with ffmpeg (``fps=25``, then
 ``scale=iw*256/min(iw,ih):ih*256/min(iw,ih)``) and centre-crops 224. We apply the
@@ -22,9 +22,11 @@ same rules to the decoded frames, without the lossy re-encode:
 """
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -85,41 +87,107 @@ def load_video(path: str | os.PathLike, start: float = 0.0, duration: float = C.
     return clip
 
 
+def frames_available(path: str | os.PathLike, start: float = 0.0) -> int:
+    """How many 25 fps frames from ``start`` are real (the rule above), read from the
+    packets' times without decoding: cheap for any length. 0 when start is at or past the end."""
+    media.check_start(start)
+    end = media.video_end(path)
+    ticks = (end - Fraction(start)) * 2 * C.FPS  # output k is real while 2k + 1 ≤ ticks
+    return max(0, math.floor((ticks - 1) / 2) + 1) if ticks >= 1 else 0
+
+
+def iter_windows(
+    path: str | os.PathLike, starts: Sequence[int], start: float = 0.0, length: int = C.FRAMES
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Windows of ``length`` frames beginning at output frames ``starts`` (ascending) of the
+    25 fps video from ``start``: yields (frames (length, 224, 224, 3) uint8, real frame count).
+
+    The file is decoded once, front to back, and only the frames of the current window are
+    held (overlapping windows share them), so memory does not grow with the video's length.
+    Frames are the ones ``load_video(path, start + s/25, length/25)`` gives, also in how a
+    window that runs past the end repeats its last real frame (with a warning).
+    """
+    path = os.fspath(path)
+    media.check_start(start)
+    if list(starts) != sorted(starts) or (starts and starts[0] < 0):
+        raise ValueError(f"window starts must be ascending frame indices ≥ 0, got {list(starts)}")
+    with media.open_input(path) as container:
+        stream = media.first_stream(container, "video", path)
+        stream.thread_type = "AUTO"
+        t0 = media.origin(container)
+        out = _fps_frames(media.decode_from(container, stream, Fraction(start), path), stream, t0, Fraction(start), path)
+        buf: list[np.ndarray] = []
+        first = 0  # output frame index of buf[0]
+        for s in starts:
+            drop = min(len(buf), s - first)
+            del buf[:drop]
+            first += drop
+            while first < s and next(out, None) is not None:
+                first += 1
+            while first == s and len(buf) < length and (frame := next(out, None)) is not None:
+                buf.append(frame)
+            real = len(buf) if first == s else 0
+            if real == 0:
+                raise InputError(f"{path}: no video at {start + s / C.FPS:g} s (the video ends before)")
+            if real < length:
+                warnings.warn(f"{path}: only {real / C.FPS:.2f} s of video from {start + s / C.FPS:g} s; "
+                              f"the last frame is repeated to fill {length / C.FPS:g} s", stacklevel=2)
+            yield np.stack(buf + [buf[-1]] * (length - real)), real
+
+
 def _resample(frames: Iterable, stream, t0: Fraction, start: Fraction, n: int, path: str):
     """The fps rule (module docstring) → (frames (n,224,224,3), real frame count, end time)."""
-    def limit(k: int) -> Fraction:  # output k shows the last frame with time < limit(k)
-        return start + Fraction(2 * k + 1, 2 * C.FPS)
+    out = _fps_frames(frames, stream, t0, start, path)
+    picked = list(itertools.islice(out, n))
+    real = len(picked)
+    if real == 0:
+        return np.zeros((0, C.CROP, C.CROP, 3), np.uint8), 0, out.end
+    picked += [picked[-1]] * (n - real)
+    return np.stack(picked), real, out.end
 
-    step = 1 / Fraction(stream.average_rate or C.FPS)  # for frames lacking pts or duration
-    crops: list[np.ndarray] = []  # converted only when a frame is shown
-    picks: list[int] = []  # per output frame, its index in crops
-    current, current_index, t, end = None, None, None, None
 
-    def show_current() -> int:
-        nonlocal current_index
-        if current_index is None:
-            crops.append(_resize_crop(current))
-            current_index = len(crops) - 1
-        return current_index
+class _fps_frames:
+    """Iterator over the output frames of the fps rule from ``start``: output k is
+    the last source frame with time < ``start + (k + ½)/25``, resized and cropped.
+    It ends after the last real output frame (``start + (k + ½)/25`` ≤ ``end``, the end
+    of the last source frame); ``end`` is known once it has ended. Frames are
+    converted only when shown, and only the current source frame is held."""
 
-    for frame in frames:
-        ft = media.frame_time(frame, stream, t0)
-        t = ft if ft is not None else (t + step if t is not None else Fraction(0))
-        # The first frame decoded also stands for any output frames before it.
-        while current is not None and len(picks) < n and t >= limit(len(picks)):
-            picks.append(show_current())
-        if len(picks) == n:
-            break
-        current, current_index = frame, None
-        end = t + (frame.duration * stream.time_base if frame.duration else step)
-    if current is None:
-        where = f" from {float(start):g} s on (is start past the end?)" if start else " (empty or damaged video stream)"
-        raise InputError(f"{path}: no decodable video frames{where}")
-    real = len(picks)
-    if real < n:
-        real += sum(1 for k in range(real, n) if limit(k) <= end)
-        picks += [show_current()] * (n - len(picks))
-    return np.stack([crops[i] for i in picks]), real, end
+    def __init__(self, frames: Iterable, stream, t0: Fraction, start: Fraction, path: str):
+        self._gen = self._run(iter(frames), stream, t0, start, path)
+        self.end: Fraction | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._gen)
+
+    def _run(self, frames, stream, t0, start, path):
+        def limit(k: int) -> Fraction:  # output k shows the last frame with time < limit(k)
+            return start + Fraction(2 * k + 1, 2 * C.FPS)
+
+        step = 1 / Fraction(stream.average_rate or C.FPS)  # for frames lacking pts or duration
+        current, crop, t, k = None, None, None, 0
+        for frame in frames:
+            ft = media.frame_time(frame, stream, t0)
+            t = ft if ft is not None else (t + step if t is not None else Fraction(0))
+            # The first frame decoded also stands for any output frames before it.
+            while current is not None and t >= limit(k):
+                if crop is None:
+                    crop = _resize_crop(current)
+                yield crop
+                k += 1
+            current, crop = frame, None
+            self.end = t + (frame.duration * stream.time_base if frame.duration else step)
+        if current is None:
+            where = f" from {float(start):g} s on (is start past the end?)" if start else " (empty or damaged video stream)"
+            raise InputError(f"{path}: no decodable video frames{where}")
+        while limit(k) <= self.end:
+            if crop is None:
+                crop = _resize_crop(current)
+            yield crop
+            k += 1
 
 
 def _resize_crop(frame: av.VideoFrame) -> np.ndarray:

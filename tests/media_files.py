@@ -17,14 +17,14 @@ import numpy as np
 def frame_image(j: int, width: int, height: int) -> np.ndarray:
     img = np.empty((height, width, 3), np.uint8)
     img[: height // 2] = (j % 16) * 16 + 8
-    img[height // 2:] = (j // 16) * 16 + 8
+    img[height // 2:] = (j // 16) % 16 * 16 + 8  # indices repeat every 256 frames
     img[height // 2 - 2:height // 2 + 2, :] = 255
     img[:, width // 2 - 2:width // 2 + 2] = 255
     return img
 
 
 def frame_index(rgb: np.ndarray) -> int:
-    """Index encoded in a (resized, cropped) frame, read from patches away from the cross."""
+    """Index (mod 256) encoded in a (resized, cropped) frame, read from patches away from the cross."""
     low, high = rgb[8:40, 8:40].mean(), rgb[-40:-8, 8:40].mean()
     return int(round((low - 8) / 16)) + 16 * int(round((high - 8) / 16))
 
@@ -101,3 +101,55 @@ def ffmpeg_fps_pick(times: list[Fraction], k: int, start: Fraction = Fraction(0)
     """
     ticks = [math.floor((t - start) * 25 + Fraction(1, 2)) for t in times]
     return max(j for j, tick in enumerate(ticks) if tick <= k) if ticks[0] <= k else 0
+
+
+def ffmpeg_filtered(path, flags: str = "bicubic") -> list[np.ndarray]:
+    """The frames ffmpeg itself makes of ``path`` with the original's filters, ``fps=25`` then
+    ``scale=iw*256/min(iw,ih):ih*256/min(iw,ih)`` (``flags`` = swscale interpolation), as RGB,
+    through PyAV's binding of libavfilter (not a re-implementation)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        graph = av.filter.Graph()
+        node = graph.add_buffer(template=stream)
+        for name, args in (("fps", "fps=25"), ("scale", f"w='iw*256/min(iw,ih)':h='ih*256/min(iw,ih)':flags={flags}"),
+                           ("format", "pix_fmts=rgb24"), ("buffersink", None)):
+            nxt = graph.add(name, args) if args else graph.add(name)
+            node.link_to(nxt)
+            node = nxt
+        graph.configure()
+        out: list[np.ndarray] = []
+
+        def drain():
+            while True:
+                try:
+                    out.append(graph.pull().to_ndarray())
+                except (av.BlockingIOError, av.EOFError):
+                    return
+
+        for frame in container.decode(stream):
+            graph.push(frame)
+            drain()
+        graph.push(None)
+        drain()
+    return out
+
+
+def centre_crop(rgb: np.ndarray, size: int = 224) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return rgb[top:top + size, left:left + size]
+
+
+def noise_video(path, *, size=(96, 64), fps=30, seconds=2.0, pix_fmt="yuv444p"):
+    """Lossless random-noise frames: every pixel matters, so interpolation methods differ visibly."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "superfast", "crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], pix_fmt
+        for j in range(round(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8),
+                                               format="rgb24")
+            frame.pts = j
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path

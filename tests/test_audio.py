@@ -1,4 +1,4 @@
-"""Audio I/O (DESIGN.md §1 row 12): load_audio, write_wav, mux — on files generated here."""
+"""Audio I/O (docs/design.md §1 stage 12): load_audio, write_wav, mux — on files generated here."""
 from __future__ import annotations
 
 import os

@@ -383,7 +383,7 @@ def test_tensorrt_engine_on_a_gpu(toy_onnx, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Specified provider .* is not in available provider names")
 def test_gpu_provider_falling_back_to_cpu_is_an_error(toy_onnx, tmp_path):
-    """DESIGN.md §7: ORT runs on the CPU when a listed GPU provider cannot start; we refuse instead."""
+    """docs/design.md §9: ORT runs on the CPU when a listed GPU provider cannot start; we refuse instead."""
     for device in ("cuda", "tensorrt"):
         backend = OnnxRuntimeBackend(device, cache_dir=tmp_path)
         if backend.available()[0]:

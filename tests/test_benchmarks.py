@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import latency as L
+from benchmarks import latency_bench as L
+from benchmarks.latency_bench.report import markdown
+from benchmarks.latency_bench.runners import step_stats
+from benchmarks.latency_bench.stats import ratios, summarise_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +87,7 @@ def _raw(e2e: float, unet: list[float], walls: list[float], loops: int = 1) -> d
 def test_extrapolation_arithmetic():
     runs = [_raw(10.0, [1.0, 1.0, 1.0, 1.0], [1.2, 1.1, 1.3]), _raw(12.0, [2.0] * 4, [2.5, 2.5, 2.5])]
     raw = {"plans": {"4": {"steps": 4, "runs": runs}}}
-    s = L.summarise_backend(raw, [200, 25], 4)
+    s = summarise_backend(raw, [200, 25], 4)
     e = s["end_to_end"]["200"]
     # per repeat: e2e(4) + (200 − 4) × median step wall
     assert e["min"] == pytest.approx(10.0 + 196 * 1.2) and e["max"] == pytest.approx(12.0 + 196 * 2.5)
@@ -99,29 +102,62 @@ def test_extrapolation_arithmetic():
 def test_measured_plan_is_used_when_present_and_ratios():
     base = {"plans": {"2": {"steps": 2, "runs": [_raw(4.0, [1.0, 1.0], [1.1])]}}}
     fast = {"plans": {"2": {"steps": 2, "runs": [_raw(1.0, [0.25, 0.25], [0.3])]}}}
-    sums = {L.EAGER: L.summarise_backend(base, [2], None), "onnxruntime-cpu": L.summarise_backend(fast, [2], None)}
+    sums = {L.EAGER: summarise_backend(base, [2], None), "onnxruntime-cpu": summarise_backend(fast, [2], None)}
     assert sums[L.EAGER]["end_to_end"]["2"]["kind"] == "measured"
-    r = L.ratios(sums, [2])["onnxruntime-cpu"]
+    r = ratios(sums, [2])["onnxruntime-cpu"]
     assert r["end_to_end@2"] == pytest.approx(0.25) and r["unet_step"] == pytest.approx(0.25)
 
 
 def test_step_stats_groups_cfg_calls_per_step():
     calls = [(0.0, 0.4), (0.4, 0.9), (1.0, 1.4), (1.4, 1.8)]  # two steps, two calls each (eager)
-    st = L._step_stats(calls, per_step=2, steps=2)
+    st = step_stats(calls, per_step=2, steps=2)
     assert st["unet_steps"] == pytest.approx([0.9, 0.8]) and st["step_walls"] == pytest.approx([1.0])
     with pytest.raises(RuntimeError):
-        L._step_stats(calls[:3], per_step=2, steps=2)
+        step_stats(calls[:3], per_step=2, steps=2)
 
 
 def test_failed_backend_is_reported_in_the_table():
     ok = {"status": "ok", "load_s": 1.0, "peak_rss_load_mb": 10.0, "peak_rss_generation_mb": 20.0,
-          "summary": L.summarise_backend({"plans": {"2": {"steps": 2, "runs": [_raw(4.0, [1.0, 1.0], [1.1])]}}},
+          "summary": summarise_backend({"plans": {"2": {"steps": 2, "runs": [_raw(4.0, [1.0, 1.0], [1.1])]}}},
                                          [2], None)}
     report = {"meta": {"model": "tiny", "weights": "random", "batch": 1, "candidates": 1, "steps": [2],
                        "measure_steps": None, "repeats": 1, "warmup": 0, "threads": 2, "created": "now",
                        "command": "x", "host": {"cpu": "cpu", "cores": 2, "load_before": "0", "load_after": "0"}},
               "backends": {L.EAGER: ok, "onnxruntime-cpu": {"status": "failed", "reason": "boom | bang"}},
               "ratios": {}}
-    md = L.markdown(report)
+    md = markdown(report)
     assert "failed: boom / bang" in md
     assert len({len(line.split("|")) for line in md.splitlines() if line.startswith("|")}) == 1
+
+
+def test_pipelines_report_every_stage_call_to_the_timing_hook(tiny_engines):
+    """The benchmark times through these hooks instead of patching the pipelines."""
+    import numpy as np
+
+    from export.export_onnx import ModelSource
+    from rewas_rt import constants as C
+    from rewas_rt.ddim import make_schedule
+    from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
+    from training.pipeline import COMPONENT_NAMES, Noise, TorchPipeline
+
+    calls = []
+    pipe = Pipeline(tiny_engines[0], backend="onnxruntime-cpu", timing_hook=lambda *c: calls.append(c))
+    frames = np.zeros((C.FRAMES, C.CROP, C.CROP, 3), np.uint8)
+    pipe.generate([Request("rain", 0, frames=frames)], GenerationOptions(steps=4))  # 4 divides 1000: 4 steps
+    names = [c[0] for c in calls]
+    assert names.count("unet_adapter") == 4 and all(s <= e for _, s, e in calls)
+    assert {"video", "synchformer", "phi", "energy_post", "vae_encoder", "clap_text", "vae_decoder", "vocoder"} <= set(names)
+    assert sum(e - s for n, s, e in calls if n == "unet_adapter") == pytest.approx(pipe.timings["unet_adapter"])
+
+    src = ModelSource.from_preset("tiny", seed=tiny_engines[1])
+    calls.clear()
+    tp = TorchPipeline({c: src.component(c) for c in COMPONENT_NAMES}, timing_hook=lambda *c: calls.append(c))
+    rng = np.random.default_rng(0)
+    z = lambda *s: rng.standard_normal(s, dtype=np.float32)  # noqa: E731
+    segs = np.zeros((1, C.SEGMENTS, 3, C.SEGMENT_LEN, C.CROP, C.CROP), np.float32)
+    ids = np.array([[0, 5, 2]], np.int64)
+    tp.generate(segs, ids, np.ones_like(ids), np.array([[0, 2]], np.int64), make_schedule(4, 1.0), 3.0,
+                Noise(z(1, *C.LATENT_SHAPE), z(1, *C.LATENT_SHAPE), z(4, 1, *C.LATENT_SHAPE)))
+    names = [c[0] for c in calls]
+    assert names.count("unet_adapter") == 8  # two model calls per step: the reference loop
+    assert names.count("sampler") == 1 and {"synchformer", "phi", "vae_decoder", "vocoder"} <= set(names)

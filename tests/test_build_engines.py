@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from export import build_engines as B
-from export import tokenizer as T
+from training import tokenizer as T
 from rewas_rt import constants as C
 from rewas_rt import manifest as M
 from rewas_rt.graphs import GRAPHS
@@ -34,26 +34,43 @@ def test_no_tensorrt_path_gives_a_complete_verified_directory(built):
         assert f"[{i}/7] {g}: export" in proc.stdout and "parity max rel" in proc.stdout
     assert "Traceback" not in proc.stderr
     m = M.verify(out)  # the runtime's own check, checksums included
-    assert m["tensorrt"] is None and all(g["engine"] is None for g in m["graphs"].values())
-    assert m["model"]["name"] == "tiny" and m["model"]["weights"] == "random"
-    assert set(m["model"]["components"]) == {"unet", "adapter", "vae", "vocoder", "clap_text", "synchformer", "phi"}
-    assert m["model"]["components"]["vae"]["config"]["scale_factor"] == m["vae"]["scale_factor"] == 1.25
-    assert m["build_command"] == f"python export/build_engines.py --config tiny --random-weights --out {out}"
+    assert m.tensorrt is None and all(g.engine is None for g in m.graphs.values())
+    assert m.model.name == "tiny" and m.model.weights == "random"
+    assert set(m.model.components) == {"unet", "adapter", "vae", "vocoder", "clap_text", "synchformer", "phi"}
+    assert m.model.components["vae"].config["scale_factor"] == m.vae.scale_factor == 1.25
+    assert m.build_command == f"python export/build_engines.py --config tiny --random-weights --out {out}"
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"{g}.onnx" for g in GRAPHS] + [f"{g}.fp16.onnx" for g in GRAPHS]
                            + ["manifest.json", "tokenizer.json"]), names
 
 
 def test_manifest_records_parity_and_fp16_analysis(built):
+    """The figures the build wrote are recomputed here from the files, not read back."""
+    from export import export_onnx as E
+    from export import fp16_check
+    from tests.tiny_engines import SEED
+
     m = M.read_manifest(built[0])
-    for name, g in m["graphs"].items():
-        assert g["parity"]["rel"] <= 1e-4 and g["parity"]["batch"] != 2, name
-        assert g["fp16_check"] is not None and not g["fp16_check"]["with_fp32_layers"]["nonfinite"], name
-        assert g["fp32_layers"] == sorted(g["fp16_check"]["reasons_by_node"]), name
-        nodes = {n.name for n in onnx.load(str(built[0] / g["onnx"]["path"]), load_external_data=False).graph.node}
-        assert set(g["fp32_layers"]) <= nodes, name
+    for name, g in m.graphs.items():
+        assert g.parity.batch != E.TRACE_BATCH, name  # parity ran at another batch than the trace
+        assert g.fp16_check is not None and g.fp32_layers == sorted(g.fp16_check["reasons_by_node"]), name
+        nodes = {n.name for n in onnx.load(str(built[0] / g.onnx.path), load_external_data=False).graph.node}
+        assert set(g.fp32_layers) <= nodes, name
+    # Parity recomputed: the written graph in ONNX Runtime vs a fresh PyTorch module of the same seeded weights.
+    source = E.ModelSource.from_preset("tiny", seed=SEED)
+    for name in ("phi", "vae_decoder"):
+        spec = source.spec(name)
+        feeds = E.sample_inputs(spec, source.configs, 3, E.PARITY_TEXT_LEN, seed=SEED + 7)
+        par = E.parity(source.graph_module(name), spec, built[0] / f"{name}.onnx", feeds)
+        assert par["ok"] and par["rel"] <= E.PARITY_RTOL, (name, par)
+    # FP16 analysis recomputed on the written unet_adapter graph with the build's inputs.
+    spec = source.spec("unet_adapter")
+    feeds = E.sample_inputs(spec, source.configs, 1, E.PARITY_TEXT_LEN, seed=SEED + 3)
+    rep = fp16_check.check_graph(built[0] / "unet_adapter.onnx", feeds, graph="unet_adapter")
+    assert rep.fp32_layers == m.graphs["unet_adapter"].fp32_layers
+    assert not rep.mitigated["nonfinite"]
     # The timestep embedding's sin/cos arguments (up to 999 rad) cannot be FP16.
-    unet = m["graphs"]["unet_adapter"]["fp32_layers"]
+    unet = rep.fp32_layers
     assert any(n.endswith("/Cos") for n in unet) and any(n.endswith("/Sin") for n in unet)
 
 
@@ -63,17 +80,17 @@ def test_manifest_records_the_checked_fp16_graphs(built):
 
     out = built[0]
     m = M.verify(out)  # checksums of the FP16 graphs included
-    assert set(M.iter_files(m)) >= {f"{g}.fp16.onnx" for g in GRAPHS}
-    for name, g in m["graphs"].items():
-        f = g["fp16_onnx"]
-        assert f["onnx"]["path"] == f"{name}.fp16.onnx" and f["precision"] == "fp16", name
-        assert f["parity_vs_fp32"]["ok"] and 0 < f["parity_vs_fp32"]["rel"] <= ENGINE_RTOL == f["parity_vs_fp32"]["tolerance"]
-        assert f["fp32_nodes"] == len(g["fp32_layers"]), name
-        io = onnx.load(str(out / f["onnx"]["path"]), load_external_data=False).graph
+    assert set(m.files()) >= {f"{g}.fp16.onnx" for g in GRAPHS}
+    for name, g in m.graphs.items():
+        f = g.fp16_onnx
+        assert f.onnx.path == f"{name}.fp16.onnx" and f.precision == "fp16", name
+        assert f.parity_vs_fp32["ok"] and 0 < f.parity_vs_fp32["rel"] <= ENGINE_RTOL == f.parity_vs_fp32["tolerance"]
+        assert f.fp32_nodes == len(g.fp32_layers), name
+        io = onnx.load(str(out / f.onnx.path), load_external_data=False).graph
         assert {v.type.tensor_type.elem_type for v in list(io.input) + list(io.output)} <= {1, 7}  # float32/int64: the contract
     # The timestep embedding's Sin/Cos stay FP32 in the FP16 UNet; the rest is FP16.
     types = graph_types(out / "unet_adapter.fp16.onnx")
-    unet = m["graphs"]["unet_adapter"]["fp32_layers"]
+    unet = m.graphs["unet_adapter"].fp32_layers
     trig = [n for n in unet if n.endswith(("/Sin", "/Cos"))]
     assert trig and all(types[n] == 1 for n in trig)
     assert sum(t == 10 for t in types.values()) > 0.5 * len(types)
@@ -96,8 +113,9 @@ def test_tokenizer_in_the_directory(built):
 
     m = M.read_manifest(built[0])
     tok = Tokenizer.from_file(str(built[0] / "tokenizer.json"))
-    assert tok.encode("").ids == list(C.UNCOND_TEXT_IDS) == m["tokenizer"]["unconditional_ids"]
-    assert tok.get_vocab_size() == m["tokenizer"]["vocab_size"] == m["model"]["components"]["clap_text"]["config"]["vocab_size"]
+    assert tok.encode("").ids == list(C.UNCOND_TEXT_IDS) == m.tokenizer.unconditional_ids
+    assert tok.get_vocab_size() == m.tokenizer.vocab_size == m.model.components["clap_text"].config["vocab_size"]
+    assert M.sha256_file(built[0] / "tokenizer.json") == m.tokenizer.sha256
     ids = tok.encode("A dog barking loudly in the distance").ids
     assert ids[0] == 0 and ids[-1] == 2 and max(ids) < 512
     assert len(tok.encode("thunder " * 1000).ids) == C.TEXT_MAX_TOKENS
@@ -112,8 +130,9 @@ def test_directory_runs_in_onnxruntime(built):
     assert emb.shape == (1, C.TEXT_EMBED_DIM) and np.isfinite(emb).all()
 
 
-def test_rerun_skips_unchanged_graphs(built, capsys):
-    out = built[0]
+def test_rerun_skips_unchanged_graphs(built, tmp_path, capsys):
+    out = tmp_path / "engines"  # its own copy: the session's directory is shared with other tests
+    shutil.copytree(built[0], out)
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.onnx")}
     assert B.main(["--config", "tiny", "--random-weights", "--out", str(out), "--no-tensorrt"]) == 0
     stdout = capsys.readouterr().out
@@ -122,8 +141,9 @@ def test_rerun_skips_unchanged_graphs(built, capsys):
     M.verify(out)
 
 
-def test_rerun_rebuilds_a_tampered_graph_only(built, capsys):
-    out = built[0]
+def test_rerun_rebuilds_a_tampered_graph_only(built, tmp_path, capsys):
+    out = tmp_path / "engines"  # its own copy: the session's directory is shared with other tests
+    shutil.copytree(built[0], out)
     phi = out / "phi.onnx"
     phi.write_bytes(phi.read_bytes()[:-1] + b"\0")
     with pytest.raises(M.ManifestError, match="phi.onnx does not match its sha256"):
@@ -248,12 +268,12 @@ def test_tensorrt_engines_match_onnxruntime(built, tmp_path):
     shutil.copytree(built[0], out)
     assert B.main(["--config", "tiny", "--random-weights", "--out", str(out)]) == 0
     m = M.verify(out, backend="tensorrt", tensorrt=TRT)
-    for name, g in m["graphs"].items():
-        e = g["engine"]
-        assert e["precision"] == "fp16" and e["typing"] == "strong" and e["parity_vs_onnxruntime"]["ok"], name
-        assert e["source_onnx"] == f"{name}.fp16.onnx", name
-        assert (e["tensorrt_version"], e["compute_capability"]) == (TRT["version"], TRT["compute_capability"])
-        assert e["fp32_layers"] == g["fp32_layers"] and not e["fp32_unmatched"], name
+    for name, g in m.graphs.items():
+        e = g.engine
+        assert e.precision == "fp16" and e.typing == "strong" and e.parity_vs_onnxruntime["ok"], name
+        assert e.source_onnx == f"{name}.fp16.onnx", name
+        assert (e.tensorrt_version, e.compute_capability) == (TRT["version"], TRT["compute_capability"])
+        assert e.fp32_layers == g.fp32_layers and not e.fp32_unmatched, name
     from export.tensorrt_build import timing_cache_name
 
     assert (out / timing_cache_name(TRT["version"], TRT["compute_capability"])).stat().st_size > 0
@@ -269,7 +289,7 @@ def test_fp32_pins_reach_tensorrt_layers(built):
         pytest.skip(f"TensorRT {trt.__version__} has no layer precisions (strongly typed only)")
 
     m = M.read_manifest(built[0])
-    wanted = m["graphs"]["unet_adapter"]["fp32_layers"]
+    wanted = m.graphs["unet_adapter"].fp32_layers
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)

@@ -1,4 +1,4 @@
-"""training.data: manifests, windows, targets (DESIGN.md §1 energy of real audio) and the
+"""training.data: manifests, windows, targets (docs/design.md §4 energy of real audio) and the
 frozen-encoder feature cache (computed once, reused; new key when weights or preprocessing change)."""
 from __future__ import annotations
 
@@ -171,8 +171,8 @@ def test_checkpoint_key_follows_the_file(tmp_path, one_window):
 
 
 def test_random_weights_are_the_project_scheme():
-    """--random-weights here gives the tensors export/ and presets.random_models give."""
-    from training.models.presets import random_models
+    """--random-weights here gives the tensors export/ and checkpoints.random_models give."""
+    from training.checkpoints import random_models
 
     ours, theirs = RandomSource("tiny", 3), random_models("tiny", 3)
     for component in ("synchformer", "vae"):

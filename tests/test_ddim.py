@@ -53,7 +53,8 @@ def test_training_schedule():
 @pytest.mark.parametrize("steps,eta", STORED)
 def test_ddim_schedule(steps, eta):
     schedule = ddim.make_schedule(steps, float(eta), CFG["linear_start"], CFG["linear_end"], CFG["timesteps"])
-    assert schedule.steps == steps
+    # The step count the original ran is the reference's (it differs from S when S does not divide n_train).
+    assert schedule.steps == len(SCHEDULES[f"S{steps}_eta{eta}_ddim_timesteps"])
     for ref_name, attr in FIELDS.items():
         actual, expected = getattr(schedule, attr), SCHEDULES[f"S{steps}_eta{eta}_{ref_name}"]
         # Native dtypes of the original, e.g. "Tensor:torch.float32" or "ndarray:int64".
@@ -72,10 +73,36 @@ def test_steps_not_dividing_train_steps():
     assert np.isfinite(schedule.sigmas).all()
 
 
-@pytest.mark.parametrize("steps", [0, C.TRAIN_STEPS + 1])
+@pytest.mark.parametrize("steps", [0, -1, C.TRAIN_STEPS + 1])
 def test_invalid_step_count(steps):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="nearest valid step counts"):
         ddim.make_schedule(steps)
+
+
+def test_every_step_count_runs_or_names_runnable_neighbours():
+    """The original indexes its 1000 alphas_cumprod with timesteps arange(0, 1000, 1000 // S) + 1:
+    S runs iff the last one is < 1000. Every S in 1..1000 either gives a finite schedule whose
+    timesteps all index the table, or a one-line error naming runnable neighbours."""
+    n = C.TRAIN_STEPS
+    acp_len = len(ddim.linear_schedule()[1])
+    refused = []
+    for s in range(1, n + 1):
+        ts = np.arange(0, n, n // s) + 1  # the original's formula, restated
+        if ts[-1] < acp_len:
+            sched = ddim.make_schedule(s, 1.0)
+            np.testing.assert_array_equal(sched.timesteps, ts)
+            assert np.isfinite(sched.sigmas).all() and np.isfinite(sched.alphas_prev).all()
+        else:
+            refused.append(s)
+            with pytest.raises(ValueError) as e:
+                ddim.make_schedule(s, 1.0)
+            msg = str(e.value)
+            assert "\n" not in msg
+            near = [int(x) for x in msg.rsplit(":", 1)[1].replace(" or ", " ").split()]
+            assert near and all(ddim.runnable_steps(k) for k in near)
+            assert all(not ddim.runnable_steps(k) for k in range(min(near[0], s) + 1, max(near[-1], s)))
+    # Stride 1 (S > 500) and the strides dividing 999: 3, 9, 27, 37, 111, 333.
+    assert refused == [3, 9, 27, 36, 37, *range(101, 112), *range(251, 334), *range(501, 1001)]
 
 
 def trajectory_schedule(eta: int) -> ddim.DDIMSchedule:

@@ -2,7 +2,7 @@
 
 The reference calls the model twice per step (uncond, then cond); `sample`
 batches both branches into one call, so this also proves that batching them
-does not change the result (DESIGN.md §1).
+does not change the result (docs/design.md §1).
 """
 from __future__ import annotations
 

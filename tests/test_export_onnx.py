@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from export import export_onnx as E
+from export.graph_table import GRAPH_EXPORTS
 from rewas_rt import constants as C
 from rewas_rt.atomic import default_file_mode
 from rewas_rt.graphs import GRAPHS
@@ -32,7 +33,7 @@ def exported():
 @pytest.mark.parametrize("graph", list(GRAPHS))
 def test_parity_onnxruntime_vs_pytorch(exported, source, graph):
     spec = source.spec(graph)
-    batch = E.default_parity_batch(graph)
+    batch = GRAPH_EXPORTS[graph].parity_batch
     feeds = E.sample_inputs(spec, source.configs, batch, E.PARITY_TEXT_LEN, seed=SEED + 11)
     par = E.parity(source.graph_module(graph), spec, exported[graph], feeds)
     OBSERVED[f"export parity {graph} (batch {par['batch']})"] = (par["max_abs"], par["max_ref"])
@@ -40,6 +41,13 @@ def test_parity_onnxruntime_vs_pytorch(exported, source, graph):
     assert par["ok"] and par["rel"] <= E.PARITY_RTOL, E.parity_failure(graph, par)
     assert par["max_ref"] > 1e-3, "degenerate (near-zero) output: the random weights do not exercise the graph"
     assert par["batch"] != E.TRACE_BATCH  # the dynamic batch axis is what is being tested
+
+
+def test_every_graph_has_one_table_entry_covering_its_contract():
+    assert list(GRAPH_EXPORTS) == list(GRAPHS)
+    for g, entry in GRAPH_EXPORTS.items():
+        assert set(entry.inputs) == {t.name for t in GRAPHS[g].inputs}, g
+        assert set(entry.components) <= set(E.COMPONENT_NAMES), g
 
 
 @pytest.mark.parametrize("graph", list(GRAPHS))

@@ -131,7 +131,7 @@ def test_external_data_graph(tmp_path, overflow):
     assert sorted(p.name for p in ext.iterdir()) == ["g.onnx", "g.onnx.data"]  # no temporary files left
 
 
-def test_cli_on_a_graph_file(tmp_path):
+def test_cli_on_a_graph_file(tmp_path, capsys):
     m = nn.Sequential(nn.Linear(64, 64))
     path = tmp_path / "phi.onnx"  # the CLI infers inputs from the graph name
     with torch.no_grad(), warnings.catch_warnings():
@@ -143,4 +143,13 @@ def test_cli_on_a_graph_file(tmp_path):
     assert F.main([str(path), "--json", str(out)]) == 0
     r = json.loads(out.read_text())["phi"]
     assert r["fp32_layers"] == [] and math.isfinite(r["all_fp16"]["rel"])
-    assert F.main([str(tmp_path / "nope.onnx")]) == 2
+    capsys.readouterr()
+    assert F.main([str(tmp_path / "nope.onnx")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope.onnx'} does not exist\n"
+    assert F.main([str(out)]) == 1  # r.json
+    assert "r.json: not an ONNX model" in capsys.readouterr().err
+    renamed = tmp_path / "sub" / "model.onnx"  # recognised by its inputs/outputs, not its file name
+    renamed.parent.mkdir()
+    path.rename(renamed)
+    assert F.main([str(renamed.parent), "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())) == {"phi"}

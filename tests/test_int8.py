@@ -25,18 +25,22 @@ def int8_engines(tiny_engines, tmp_path_factory):
 
 def test_manifest_records_and_verifies_the_variant(int8_engines):
     m = M.verify(int8_engines)
-    q = m["graphs"]["synchformer"]["int8"]
-    assert q["mode"] == "dynamic" and (int8_engines / q["path"]).is_file()
-    assert q["source_sha256"] == m["graphs"]["synchformer"]["onnx"]["sha256"]
-    dev = q["check"]["deviation"]["features"]
-    assert 0 < dev["rel_mean"] < 1 and q["check"]["seconds_int8"] > 0  # measured, not bit-exact
-    assert all(m["graphs"][g].get("int8") is None for g in m["graphs"] if g != "synchformer")
-    assert "--int8 synchformer" in m["build_command"]
-    assert q["path"] in set(M.iter_files(m))
+    q = m.graphs["synchformer"].int8
+    assert isinstance(q, M.Int8Onnx)
+    assert q.mode == "dynamic" and (int8_engines / q.path).is_file()
+    assert q.source_sha256 == m.graphs["synchformer"].onnx.sha256
+    dev = q.check["deviation"]["features"]
+    assert 0 < dev["rel_mean"] < 1 and q.check["seconds_int8"] > 0  # measured, not bit-exact
+    assert all(m.graphs[g].int8 is None for g in m.graphs if g != "synchformer")
+    assert "--int8 synchformer" in m.build_command
+    assert q.path in set(m.files())
+    # The written manifest validates against the published schema, int8 entry included.
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(json.loads((int8_engines / M.MANIFEST_NAME).read_text()), M.schema())
     # A damaged variant makes the directory unusable, like any other listed file.
     bad = int8_engines.parent / "damaged"
     shutil.copytree(int8_engines, bad)
-    (bad / q["path"]).write_bytes(b"x" * q["bytes"])
+    (bad / q.path).write_bytes(b"x" * q.bytes)
     with pytest.raises(M.ManifestError, match="INT8"):
         M.verify(bad)
 

@@ -88,8 +88,33 @@ def test_given_energy_curve_skips_the_video_encoders_and_is_edited(pipe):
     np.testing.assert_allclose(res.energy, curve.mean() + 2.0 * (curve - curve.mean()) + 1.0, rtol=1e-6, atol=1e-5)
 
 
-def test_hint_from_mean_is_deterministic_hint(pipe):
-    curve = np.full((1, C.MEL_FRAMES), -5.0, np.float32)
-    noise = np.random.default_rng(0).standard_normal((1, *C.LATENT_SHAPE), dtype=np.float32)
-    assert not np.allclose(pipe.hint_latents(curve, noise), pipe.hint_latents(curve, None))
-    np.testing.assert_array_equal(pipe.hint_latents(curve, None), pipe.hint_latents(curve, None))
+def test_hint_latents_are_scaled_posterior_mean_or_sample(pipe, tiny_engines):
+    """Against the PyTorch VAE encoder of the same weights: noise=None gives scale x posterior
+    mean, noise gives scale x (mean + std x noise)."""
+    import torch
+
+    src = ModelSource.from_preset("tiny", seed=tiny_engines[1])
+    curve = np.stack([np.linspace(-9.0, -2.0, C.MEL_FRAMES, dtype=np.float32),
+                      np.full(C.MEL_FRAMES, -5.0, np.float32)])
+    mel = np.repeat(curve[:, None, :, None], C.N_MELS, axis=-1)
+    with torch.no_grad():
+        moments = src.graph_module("vae_encoder")(torch.from_numpy(mel)).numpy().astype(np.float64)
+    mean, logvar = np.split(moments, 2, axis=1)
+    std = np.exp(0.5 * np.clip(logvar, *C.LOGVAR_CLAMP))
+    scale = src.scale_factor
+    assert scale != 1.0  # so that a missing scale would show
+    noise = np.random.default_rng(0).standard_normal((2, *C.LATENT_SHAPE), dtype=np.float32)
+    assert rel_err(pipe.hint_latents(curve, None), scale * mean) < 1e-4
+    assert rel_err(pipe.hint_latents(curve, noise), scale * (mean + std * noise)) < 1e-4
+
+
+def test_hint_from_mean_option_reaches_the_denoiser(pipe, monkeypatch):
+    """GenerationOptions(hint_from_mean=True) feeds scale x mean as the hint, whatever the seed."""
+    seen = []
+    real = pipe.hint_latents
+    monkeypatch.setattr(pipe, "hint_latents", lambda e, n: seen.append(n) or real(e, n))
+    curve = np.linspace(-8.0, -2.0, C.MEL_FRAMES, dtype=np.float32)
+    a = pipe.generate([Request("rain", 1, energy=curve)], GenerationOptions(steps=1, hint_from_mean=True))[0]
+    b = pipe.generate([Request("rain", 1, energy=curve)], GenerationOptions(steps=1))[0]
+    assert seen[0] is None and seen[1] is not None
+    assert np.abs(a.waveforms - b.waveforms).max() > 1e-4

@@ -107,10 +107,10 @@ def test_release_to_a_working_engine_directory(server, release, tmp_path, monkey
     out = capsys.readouterr().out
     assert out.index("CC BY-NC-SA 4.0") < out.index("downloading 8 file(s)")  # licences before the first download
     m = M.verify(tmp_path / "eng")
-    lic = {e["licence"]: e for e in m["licences"]}
+    lic = {e.licence: e for e in m.licences}
     assert set(lic) == {"CC BY-NC-SA 4.0", "CC BY-NC 4.0", "MIT"}
-    assert lic["CC BY-NC-SA 4.0"]["files"][ck.REWAS_FILE] == hashlib.sha256(server.files[ck.REWAS_FILE]).hexdigest()
-    assert m["build_command"].startswith("python export/build_engines.py --release --dir ")
+    assert lic["CC BY-NC-SA 4.0"].files[ck.REWAS_FILE] == hashlib.sha256(server.files[ck.REWAS_FILE]).hexdigest()
+    assert m.build_command.startswith("python export/build_engines.py --release --dir ")
     d = M.open_engine_dir(tmp_path / "eng")
     ids = np.array([d.unconditional_ids], np.int64)
     emb = run_onnx(d.graph("clap_text").onnx, {"input_ids": ids, "attention_mask": np.ones_like(ids)})["text_embedding"]

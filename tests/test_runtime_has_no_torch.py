@@ -1,4 +1,4 @@
-"""rewas_rt must import and run without torch (DESIGN.md §2)."""
+"""rewas_rt must import and run without torch (docs/design.md §2)."""
 import pkgutil
 import subprocess
 import sys

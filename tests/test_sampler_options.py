@@ -74,17 +74,24 @@ def test_manifest_recommendation_and_cli_defaults(tiny_engines):
     assert settings(sampler="dpmpp-2m-sde", steps=7)["steps"] == 7
     assert settings(sampler="dpmpp-2m-sde")["steps"] == DEFAULT_STEPS["dpmpp-2m-sde"]
     assert settings(guidance_interval=[1.0, 2.0])["guidance_interval"] == (1.0, 2.0)
-    # An older manifest without the key: the original's settings.
-    old = {"scheduler": {"default_steps": 50, "guidance": 2.5, "eta": 0.0}}
-    assert M.EngineDirectory(tiny_engines[0], old, "onnx").recommended == {
+    # An older manifest without the keys: the original's settings.
+    m = M.read_manifest(tiny_engines[0]).to_json()
+    for key in ("sampler", "guidance_interval"):
+        m["scheduler"].pop(key, None)
+    m["scheduler"] |= {"default_steps": 50, "guidance": 2.5, "eta": 0.0}
+    assert M.Manifest.from_json(m).scheduler.recommended == {
         "sampler": "ddim", "steps": 50, "guidance": 2.5, "eta": 0.0, "guidance_interval": None}
-    # The schema refuses an unknown sampler or a malformed interval.
-    m = M.read_manifest(tiny_engines[0])
-    assert M.schema_problems(m) == []
-    for key, value in (("sampler", "euler"), ("guidance_interval", [1.0]), ("guidance_interval", "x")):
+    # The typed manifest (and the published schema) refuse an unknown sampler or a malformed interval.
+    ok = json.loads(json.dumps(m))
+    ok["scheduler"] |= {"sampler": "dpmpp-2m", "guidance_interval": [0.3, 20.0]}
+    assert M.Manifest.from_json(ok).scheduler.recommended["guidance_interval"] == (0.3, 20.0)
+    for key, value in (("sampler", "euler"), ("guidance_interval", [1.0]), ("guidance_interval", "x"),
+                       ("guidance_interval", [2.0, 1.0])):
         bad = json.loads(json.dumps(m))
         bad["scheduler"][key] = value
-        assert any(f"scheduler.{key}" in p for p in M.schema_problems(bad))
+        with pytest.raises(M.ManifestError) as e:
+            M.Manifest.from_json(bad)
+        assert "scheduler" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_cli_sampler_and_interval(tmp_path, tiny_engines, capsys):

@@ -1,4 +1,4 @@
-"""Video input (DESIGN.md §1 rows 1–2) on small videos generated here with PyAV."""
+"""Video input (docs/design.md §1 stages 1–2) on small videos generated here with PyAV."""
 from __future__ import annotations
 
 import warnings
@@ -94,6 +94,27 @@ def test_resize_short_side_256_and_centre_crop(name, files):
     row, col = cross_position(clip.frames[0])
     # The source's centre lands at 111.5–112 in the 224 crop (see the resize maths).
     assert abs(row - 111.75) <= 1.5 and abs(col - 111.75) <= 1.5
+
+
+@pytest.mark.parametrize("name", ["30fps", "vfr", "short"])
+def test_frame_timing_matches_ffmpegs_own_fps_filter(name, files):
+    """Which source frame each output frame shows, against libavfilter's fps=25 itself."""
+    clip, _ = load_quietly(files[name])
+    theirs = [M.frame_index(M.centre_crop(f)) for f in M.ffmpeg_filtered(files[name])]
+    assert indices(clip)[: clip.real_frames] == theirs[: clip.real_frames]
+    assert clip.real_frames == min(len(theirs), C.FRAMES)  # ffmpeg emits exactly the frames counted as real
+
+
+def test_pixels_match_ffmpegs_own_scale_filter(tmp_path):
+    """Bicubic short-side-256 + centre crop, pixel for pixel against ffmpeg's scale filter on
+    lossless noise (4:4:4, so no chroma resampling is involved); nearest or bilinear would fail."""
+    path = M.noise_video(tmp_path / "noise.mp4")
+    clip, _ = load_quietly(path, duration=2.0)
+    ref = np.stack([M.centre_crop(f) for f in M.ffmpeg_filtered(path)])[: len(clip.frames)]
+    np.testing.assert_array_equal(clip.frames, ref)
+    for flags in ("neighbor", "bilinear"):  # the check can tell interpolations apart
+        other = np.stack([M.centre_crop(f) for f in M.ffmpeg_filtered(path, flags)])[: len(clip.frames)]
+        assert np.abs(other.astype(int) - ref.astype(int)).mean() > 5, flags
 
 
 @pytest.mark.parametrize("start, real", [(0.5, C.FRAMES), (2.2, 95)])

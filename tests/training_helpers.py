@@ -31,7 +31,7 @@ def synthetic_set() -> Path:
     return generate(root / "data", N_CLIPS, SEED, SynthConfig(duration=DURATION), log=lambda _: None)
 
 
-def config(trainer: str, defaults: dict, **overrides) -> dict:
+def config(trainer: str, defaults: type, **overrides) -> dict:
     """The tiny config of a trainer on the shared set; ``overrides`` as {"train.steps": 4, ...}."""
     cfg = trainlib.load_config("tiny", trainer, defaults)
     manifest = synthetic_set()

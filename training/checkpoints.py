@@ -1,6 +1,6 @@
 """Released ReWaS checkpoint files -> one canonical safetensors file per component.
 
-The released files (DESIGN.md §5) hold the components under different prefixes
+The released files (docs/design.md §7) hold the components under different prefixes
 and layouts. This module is the one place that knows them: ``ROUTES`` says, per
 file, where every key goes (a component, or deliberately nowhere); the rest is
 generic. The merge order reproduces the original's load order: the separate
@@ -23,6 +23,7 @@ import torch
 from training.models.adapter import Adapter, AdapterConfig
 from training.models.clap_text import ClapText, ClapTextConfig
 from rewas_rt.atomic import atomic_path
+from rewas_rt.errors import RewasError
 from training.models import presets
 from training.models.config import ModelConfig
 from training.models.hifigan import HiFiGAN, HiFiGANConfig, fold_weight_norm, strip_orig_mod
@@ -42,7 +43,7 @@ HIFIGAN_FILE = "hifigan_16k_64bins.ckpt"
 CLAP_FILE = "clap_music_speech_audioset_epoch_15_esc_89.98.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RewasError, ValueError):
     """A released or canonical checkpoint does not fit the model; the message names the keys."""
 
 
@@ -378,3 +379,17 @@ def load_component(ckpt_dir: Path, component: str) -> tuple[torch.nn.Module, Mod
     model = COMPONENTS[component].model_cls(config)
     model.load_state_dict(sd, strict=True)
     return model.eval(), config
+
+
+def _randomized(module, seed: int):
+    presets.randomize_(module, seed)
+    return module.float().eval()
+
+
+def random_models(name: str, seed: int = 0) -> dict:
+    """Every component of a preset with random weights (deterministic per seed), in eval mode."""
+    configs = presets.preset(name)
+    return {
+        component: _randomized(COMPONENTS[component].model_cls(cfg), presets.component_seed(seed, component))
+        for component, cfg in configs.items()
+    }

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import cli_main
 from training import trainlib
 from training.components import open_source
 from training.data import FeatureStore
@@ -54,7 +56,7 @@ def compare(cfg: dict, out: Path, source, seeds: list[int], log=print) -> dict:
               "val_mae_constant_baseline": rows[0]["val_mae_constant_baseline"] if rows else None,
               "metric": "training.data.energy_mae: mean |energy_from_phi(phi(features)) - energy_target(audio)| "
                         "over 512 frames and the validation windows (log-mel units)"}
-    (out / "compare.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "compare.json", json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -71,6 +73,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.compare_phi_attention", description=__doc__.split("\n\n")[0])
     trainlib.add_common_args(p)
@@ -78,15 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.resume or args.export_dir:
         p.error("--resume/--export-dir do not apply to a comparison")
-    try:
-        cfg = trainlib.resolve_config(args, "phi", DEFAULTS)
-        source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
-                             args.tokenizer)
-        args.out.mkdir(parents=True, exist_ok=True)
-        result = compare(cfg, args.out, source, args.seeds)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = trainlib.resolve_config(args, "phi", DEFAULTS)
+    source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
+                         args.tokenizer)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = compare(cfg, args.out, source, args.seeds)
     print(format_table(result))
     return 0
 

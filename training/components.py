@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rewas_rt.atomic import atomic_path, temp_name
+from rewas_rt.errors import ConfigError, MissingFileError
 from training.checkpoints import COMPONENTS, CheckpointError, load_component, load_config, save_component
 from training.models import presets
 from training.models.config import ModelConfig
@@ -67,7 +69,7 @@ def freeze(model: nn.Module) -> nn.Module:
 def random_component(name: str, config: ModelConfig, seed: int) -> nn.Module:
     """A component with random weights: the project's one scheme (``presets.randomize_`` with
     ``presets.component_seed``), so ``--random-weights`` here, in ``export/`` and in
-    ``presets.random_models`` give the same tensors for the same preset and seed."""
+    ``checkpoints.random_models`` give the same tensors for the same preset and seed."""
     with torch.random.fork_rng(devices=[]):  # construction draws default inits: leave the global RNG alone
         model = COMPONENTS[name].model_cls(config)
     presets.randomize_(model, presets.component_seed(seed, name))
@@ -76,8 +78,8 @@ def random_component(name: str, config: ModelConfig, seed: int) -> nn.Module:
 
 def tiny_tokenizer(vocab_size: int):
     """The deterministic byte-level BPE the export ships with random-weight models
-    (``export.tokenizer.train_tiny``): RoBERTa ids, "" → [0, 2]."""
-    from export.tokenizer import train_tiny
+    (``training.tokenizer.train_tiny``): RoBERTa ids, "" → [0, 2]."""
+    from training.tokenizer import train_tiny
 
     return train_tiny(vocab_size)
 
@@ -86,7 +88,7 @@ def load_tokenizer(path: Path):
     """``tokenizer.json`` (file, or a folder holding one) or a RoBERTa ``vocab.json`` + ``merges.txt`` folder."""
     from tokenizers import Tokenizer
 
-    from export.tokenizer import from_folder
+    from training.tokenizer import from_folder
 
     path = Path(path)
     if path.is_file():
@@ -125,6 +127,13 @@ class ComponentSource:
         return {"source": self.name}
 
 
+def _hard_link_beside(src: Path, beside: str) -> str:
+    """A hard link to ``src`` under a fresh temporary name beside ``beside``; OSError where links are impossible."""
+    link = temp_name(beside)
+    os.link(src, link)
+    return link
+
+
 class CheckpointSource(ComponentSource):
     def __init__(self, root: Path, tokenizer: Path | None = None):
         self.root = Path(root)
@@ -153,7 +162,7 @@ class CheckpointSource(ComponentSource):
     def tokenizer(self):
         path = self._tokenizer_path or self.root / TOKENIZER_FILE
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path}: no tokenizer; put the RoBERTa tokenizer.json beside the checkpoints or pass --tokenizer")
         return load_tokenizer(path)
 
@@ -162,12 +171,11 @@ class CheckpointSource(ComponentSource):
             src, dst = self.root / f"{component}{suffix}", Path(out) / f"{component}{suffix}"
             if dst.exists() and os.path.samefile(src, dst):
                 continue
-            tmp = dst.with_name(f".{dst.name}.tmp")
-            try:
-                os.link(src, tmp)  # a hard link where the file system allows: no copy of GBs
-            except OSError:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                try:
+                    os.replace(_hard_link_beside(src, tmp), tmp)  # no copy of GBs where the file system allows
+                except OSError:
+                    shutil.copyfile(src, tmp)
 
     def describe(self) -> dict:
         return {"source": "checkpoints", "dir": str(self.root)}
@@ -207,12 +215,12 @@ class RandomSource(ComponentSource):
 def open_source(checkpoints: Path | None, preset: str, random_weights: bool, seed: int = 0,
                 tokenizer: Path | None = None) -> ComponentSource:
     if checkpoints and random_weights:
-        raise ValueError("give either --checkpoints or --random-weights, not both")
+        raise ConfigError("give either --checkpoints or --random-weights, not both")
     if checkpoints:
         return CheckpointSource(checkpoints, tokenizer)
     if random_weights:
         return RandomSource(preset, seed)
-    raise ValueError("no base components: pass --checkpoints DIR (canonical) or --random-weights")
+    raise ConfigError("no base components: pass --checkpoints DIR (canonical) or --random-weights")
 
 
 def export_canonical(out: Path, source: ComponentSource,
@@ -237,9 +245,8 @@ def export_canonical(out: Path, source: ComponentSource,
     if tok is not None and not (tok_path.exists() and isinstance(source, CheckpointSource)
                                 and (source.root / TOKENIZER_FILE).exists()
                                 and os.path.samefile(tok_path, source.root / TOKENIZER_FILE)):
-        tmp = tok_path.with_name(f".{tok_path.name}.tmp")
-        tok.save(str(tmp))
-        os.replace(tmp, tok_path)
+        with atomic_path(tok_path) as tmp:
+            tok.save(str(tmp))
         written.append(tok_path)
     return written
 

@@ -22,7 +22,7 @@ file is zero-padded. Training draws the start at random from a grid (``window_gr
 uses ``start``. The grid keeps the number of distinct windows finite so that every window's
 features are computed once and cached.
 
-Targets (DESIGN.md §1 "Energy of real audio", via ``rewas_rt.energy``):
+Targets (docs/design.md §4, energy of real audio, via ``rewas_rt.energy``):
 log-mel (512, 64) of the normalised waveform; energy = mean over mel bins (512,) →
 nearest resize to 112 → Savitzky–Golay(9, 2) = ``energy_112`` (φ's target) → nearest resize to
 512 = ``energy_512`` (= ``energy_target(wave)``: the adapter's hint and the reference of the
@@ -66,6 +66,7 @@ import torch
 from rewas_rt import constants as C
 from rewas_rt import energy as E
 from rewas_rt.atomic import atomic_path
+from rewas_rt.errors import RewasError
 from training.components import ComponentSource, fingerprint
 
 CACHE_VERSION = 1
@@ -88,7 +89,7 @@ AUDIO_PREP = {
 }
 
 
-class DataError(ValueError):
+class DataError(RewasError, ValueError):
     """A manifest or media problem; the message names the file and line."""
 
 

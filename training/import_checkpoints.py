@@ -12,10 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+from rewas_rt.errors import ConfigError, InputError, cli_main
 from training.checkpoints import COMPONENTS, CheckpointError, import_checkpoints
 from training.models.presets import rewas_m
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.import_checkpoints", description=__doc__.split("\n\n")[0])
     p.add_argument("--src", type=Path, required=True, help="folder holding the released checkpoint files")
@@ -32,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise CheckpointError(f"{args.configs}: unknown component '{name}' (known: {', '.join(COMPONENTS)})")
                 configs[name] = COMPONENTS[name].config_cls.from_dict(cfg)
         import_checkpoints(args.src, args.out, configs, trust_pickle=args.trust_pickle)
-    except (CheckpointError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except OSError as e:  # an unreadable --src/--configs file, a full disk
+        raise InputError(str(e)) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{args.configs}: not valid JSON ({e})") from None
     return 0
 
 

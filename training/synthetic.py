@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rewas_rt.errors import cli_main
+
 FPS = 25
 CLASSES = ("impact", "beep", "rain", "whoosh")
 CAPTIONS = {
@@ -353,6 +355,7 @@ def generate(out: Path, n: int = 24, seed: int = 0, cfg: SynthConfig | None = No
     return manifest
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)

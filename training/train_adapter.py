@@ -34,7 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from rewas_rt.ddim import linear_schedule
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import ConfigError, cli_main
 from training import trainlib
+from training.config import AdapterTrainerConfig
 from training.components import ComponentSource, freeze, open_source
 from training.data import FeatureStore, read_manifest, windows
 from training.models.adapter import Adapter, AdapterConfig
@@ -44,16 +47,7 @@ from training.models.unet import UNet
 COMPONENT = "adapter"
 # Layers the adapter has and the UNet has not, and how ControlNet initialises them.
 ADAPTER_ONLY_PREFIXES = ("zero_convs.", "middle_block_out.", "input_hint_block.")
-DEFAULTS = {
-    "adapter": {
-        "init": "unet",
-        "cfg_dropout": 0.3,
-        "val_timesteps": [50, 250, 500, 750, 950],
-    },
-    "data": {"latent": "sample"},
-    "optim": {"lr": 3e-5, "weight_decay": 0.01},
-    "train": {"batch_size": 4},
-}
+DEFAULTS = AdapterTrainerConfig  # the typed config (training/config.py): defaults, and the keys it accepts
 
 
 def adapter_config(source: ComponentSource, unet_cfg) -> AdapterConfig:
@@ -75,13 +69,13 @@ def controlnet_init(adapter: Adapter, unet: UNet) -> dict[str, list[str]]:
         for name, tensor in adapter.state_dict().items():
             if name in unet_sd:
                 if unet_sd[name].shape != tensor.shape:
-                    raise ValueError(f"adapter {name} {tuple(tensor.shape)} != unet {tuple(unet_sd[name].shape)}")
+                    raise ConfigError(f"adapter {name} {tuple(tensor.shape)} != unet {tuple(unet_sd[name].shape)}")
                 tensor.copy_(unet_sd[name])
                 copied.append(name)
             elif name.startswith(ADAPTER_ONLY_PREFIXES):
                 own.append(name)
             else:
-                raise ValueError(f"adapter parameter {name} has no UNet counterpart and is not adapter-only")
+                raise ConfigError(f"adapter parameter {name} has no UNet counterpart and is not adapter-only")
     zero = [n for n in own if not n.startswith("input_hint_block.") or n.startswith("input_hint_block.4.")]
     for name in zero:
         if adapter.state_dict()[name].any():
@@ -126,7 +120,7 @@ def latent(moments: torch.Tensor, scale: float, mode: str, generator: torch.Gene
     if mode == "mean":
         return scale * mean
     if mode != "sample":
-        raise ValueError(f"data.latent {mode!r}: 'sample' or 'mean'")
+        raise ConfigError(f"data.latent {mode!r}: 'sample' or 'mean'")
     noise = torch.randn(mean.shape, generator=generator).to(mean.device)  # drawn on the CPU: device-independent
     return scale * (mean + std * noise)
 
@@ -135,7 +129,7 @@ def run(cfg: dict, out: Path, source: ComponentSource, resume: str | None = None
         store: FeatureStore | None = None, log=print) -> dict:
     """Train the adapter with ``cfg`` (a resolved config) into ``out``; returns a summary (also ``out/result.json``)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**cfg, "base": source.describe()}, indent=1) + "\n")
+    atomic_write_text(out / "config.json", json.dumps({**cfg, "base": source.describe()}, indent=1) + "\n")
     t, a = cfg["train"], cfg["adapter"]
     device = trainlib.pick_device(t["device"])
     trainlib.setup_threads(cfg)
@@ -144,7 +138,7 @@ def run(cfg: dict, out: Path, source: ComponentSource, resume: str | None = None
     grid = cfg["data"]["window_grid_s"]
     train_w, val_w = windows(items, "train", grid), windows(items, "val", grid)
     if not train_w:
-        raise ValueError(f"{cfg['data']['manifest']}: no training items")
+        raise ConfigError(f"{cfg['data']['manifest']}: no training items")
     log(f"data: {len({id(i) for i, _ in train_w})} train clips ({len(train_w)} windows), {len(val_w)} val windows")
     stats = store.precompute(train_w + val_w, ("vae",), captions=True)
     log(f"feature cache: {stats['computed']} computed, {stats['cached']} reused ({stats['seconds']:.1f} s)")
@@ -163,7 +157,7 @@ def run(cfg: dict, out: Path, source: ComponentSource, resume: str | None = None
     elif a["init"] == "checkpoint":
         adapter = source.load(COMPONENT)
     else:
-        raise ValueError(f"adapter.init {a['init']!r}: 'unet' or 'checkpoint'")
+        raise ConfigError(f"adapter.init {a['init']!r}: 'unet' or 'checkpoint'")
     adapter = adapter.to(device).train()
     denoiser = Denoiser(unet, adapter)
     params = list(adapter.parameters())
@@ -224,18 +218,15 @@ def run(cfg: dict, out: Path, source: ComponentSource, resume: str | None = None
                         resume, export_dir, log, f"UNet {frozen:,} frozen, latent {mode}")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.train_adapter", description=__doc__.split("\n\n")[0])
     trainlib.add_common_args(p)
     args = p.parse_args(argv)
-    try:
-        cfg = trainlib.resolve_config(args, "adapter", DEFAULTS)
-        source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
-                             args.tokenizer)
-        result = run(cfg, args.out, source, args.resume, args.export_dir)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = trainlib.resolve_config(args, "adapter", DEFAULTS)
+    source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
+                         args.tokenizer)
+    result = run(cfg, args.out, source, args.resume, args.export_dir)
     val = result.get("val") or {}
     print(f"done: step {result['step']}, loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}"
           + (f", val loss {val['val_loss']:.4f} (zero hint {val['val_loss_zero_hint']:.4f})" if val else ""))

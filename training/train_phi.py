@@ -27,18 +27,16 @@ import torch
 import torch.nn.functional as F
 
 from rewas_rt import constants as C
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import ConfigError, cli_main
 from training import trainlib
+from training.config import PhiTrainerConfig
 from training.components import ComponentSource, open_source
 from training.data import FeatureStore, energy_mae, read_manifest, windows
 from training.models.phi import Phi, PhiConfig
 
 COMPONENT = "phi"
-DEFAULTS = {
-    "init": "random",
-    "phi": {"attention": "time"},  # PhiConfig overrides on top of the base φ config
-    "optim": {"lr": 1e-4},
-    "train": {"batch_size": 8},
-}
+DEFAULTS = PhiTrainerConfig  # the typed config (training/config.py): defaults, and the keys it accepts
 
 
 def base_phi_config(source: ComponentSource) -> PhiConfig:
@@ -55,7 +53,7 @@ def phi_config(cfg: dict, source: ComponentSource) -> PhiConfig:
     phi_cfg = PhiConfig.from_dict({**base, **cfg["phi"]})
     width = source.config("synchformer").embed_dim
     if phi_cfg.width != width:
-        raise ValueError(f"phi width {phi_cfg.width} != synchformer embed_dim {width}")
+        raise ConfigError(f"phi width {phi_cfg.width} != synchformer embed_dim {width}")
     return phi_cfg
 
 
@@ -95,7 +93,7 @@ def build_phi(cfg: dict, source: ComponentSource, phi_cfg: PhiConfig, mean_targe
             model = fresh
         return model
     if cfg["init"] != "random":
-        raise ValueError(f"init {cfg['init']!r}: 'random' or 'checkpoint'")
+        raise ConfigError(f"init {cfg['init']!r}: 'random' or 'checkpoint'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
         model = Phi(phi_cfg)
@@ -109,7 +107,7 @@ def run(cfg: dict, out: Path, source: ComponentSource, resume: str | None = None
     """Train φ with ``cfg`` (a resolved config) into ``out``; returns a summary (also ``out/result.json``).
     ``store`` lets several runs share one feature store (the attention comparison)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**cfg, "base": source.describe()}, indent=1) + "\n")
+    atomic_write_text(out / "config.json", json.dumps({**cfg, "base": source.describe()}, indent=1) + "\n")
     t = cfg["train"]
     device = trainlib.pick_device(t["device"])
     trainlib.setup_threads(cfg)
@@ -118,7 +116,7 @@ def run(cfg: dict, out: Path, source: ComponentSource, resume: str | None = None
     grid = cfg["data"]["window_grid_s"]
     train_w, val_w = windows(items, "train", grid), windows(items, "val", grid)
     if not train_w:
-        raise ValueError(f"{cfg['data']['manifest']}: no training items")
+        raise ConfigError(f"{cfg['data']['manifest']}: no training items")
     log(f"data: {len({id(i) for i, _ in train_w})} train clips ({len(train_w)} windows), {len(val_w)} val windows")
     stats = store.precompute(train_w + val_w, ("audio", "video"))
     log(f"feature cache: {stats['computed']} computed, {stats['cached']} reused ({stats['seconds']:.1f} s)")
@@ -159,21 +157,18 @@ def run(cfg: dict, out: Path, source: ComponentSource, resume: str | None = None
                         resume, export_dir, log, f"attention={phi_cfg.attention}", {"attention": phi_cfg.attention})
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.train_phi", description=__doc__.split("\n\n")[0])
     trainlib.add_common_args(p)
     p.add_argument("--attention", choices=["time", "batch"], help="overrides phi.attention")
     args = p.parse_args(argv)
-    try:
-        cfg = trainlib.resolve_config(args, "phi", DEFAULTS)
-        if args.attention:
-            cfg["phi"]["attention"] = args.attention
-        source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
-                             args.tokenizer)
-        result = run(cfg, args.out, source, args.resume, args.export_dir)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = trainlib.resolve_config(args, "phi", DEFAULTS)
+    if args.attention:
+        cfg["phi"]["attention"] = args.attention
+    source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
+                         args.tokenizer)
+    result = run(cfg, args.out, source, args.resume, args.export_dir)
     val = result.get("val") or {}
     print(f"done: step {result['step']}, loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}"
           + (f", val energy MAE {val['val_energy_mae']:.4f}" if val else ""))

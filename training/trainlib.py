@@ -37,45 +37,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from rewas_rt.atomic import atomic_path, atomic_write_text
+from rewas_rt.errors import ConfigError, MissingFileError
+from training import config as config_types
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 STATE_FILE = "training_state.pt"
-
-COMMON_DEFAULTS: dict[str, Any] = {
-    "model": "tiny",  # preset: sizes for --random-weights, and φ sizes when the checkpoints have none
-    "seed": 0,  # model init, data order, noise
-    "random_weights_seed": 0,  # the frozen components under --random-weights
-    "data": {
-        "manifest": None,
-        "cache_dir": None,  # default: <manifest folder>/cache
-        "window_grid_s": 0.32,
-        "memory_items": 4096,
-    },
-    "optim": {
-        "lr": 1e-4,
-        "weight_decay": 0.01,
-        "betas": [0.9, 0.999],
-        "eps": 1e-8,
-        "warmup_steps": 0,
-        "schedule": "constant",  # or "cosine" (decays to min_lr_ratio·lr at train.steps)
-        "min_lr_ratio": 0.1,
-        "grad_clip": 1.0,  # max global grad norm; 0 disables
-    },
-    "train": {
-        "steps": 200,
-        "batch_size": 8,
-        "grad_accum": 1,
-        "precision": "auto",
-        "device": "auto",
-        "threads": 0,  # torch CPU threads; 0 = torch's default. 1 is fastest for tiny models on busy CPUs
-        "log_every": 10,
-        "val_every": 100,
-        "ckpt_every": 100,
-        "keep_checkpoints": 2,
-        "overfit_batch": False,  # reuse one fixed batch (items, windows, noise) every step
-        "stop_at": 0,  # stop (with a checkpoint) after this step, as if interrupted; 0 = run to train.steps
-    },
-}
-
 
 def deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
@@ -87,7 +54,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 def set_dotted(cfg: dict, assignment: str) -> None:
     """``a.b=VALUE``: VALUE parsed as JSON when it parses, else kept as a string."""
     if "=" not in assignment:
-        raise ValueError(f"--set needs KEY=VALUE, got {assignment!r}")
+        raise ConfigError(f"--set needs KEY=VALUE, got {assignment!r}")
     key, raw = assignment.split("=", 1)
     try:
         value = json.loads(raw)
@@ -97,20 +64,31 @@ def set_dotted(cfg: dict, assignment: str) -> None:
     parts = key.split(".")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {p} is not a section")
     node[parts[-1]] = value
 
 
-def load_config(spec: str | None, trainer: str, defaults: dict) -> dict:
-    """``spec`` is a JSON file or a preset name ("tiny" → configs/<trainer>_tiny.json)."""
-    cfg = deep_merge(COMMON_DEFAULTS, defaults)
+def load_config(spec: str | None, trainer: str, schema: type) -> dict:
+    """``spec`` is a JSON file or a preset name ("tiny" → configs/<trainer>_tiny.json), merged onto
+    the defaults of ``schema`` (a ``training.config`` dataclass) and checked against it."""
+    cfg = config_types.defaults(schema)
+    where = "defaults"
     if spec:
         path = Path(spec)
         if not path.is_file():
             path = CONFIG_DIR / f"{trainer}_{spec.replace('-', '_')}.json"
         if not path.is_file():
-            raise FileNotFoundError(f"config {spec!r}: no such file, and no {path}")
-        cfg = deep_merge(cfg, json.loads(path.read_text()))
-    return cfg
+            raise MissingFileError(f"config {spec!r}: no such file, and no {path}")
+        try:
+            over = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(over, dict):
+            raise ConfigError(f"{path}: a config is a JSON object")
+        cfg = deep_merge(cfg, over)
+        where = str(path)
+    return config_types.parse(schema, cfg, where)
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -131,8 +109,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="override any config entry, e.g. --set optim.lr=1e-4 (repeatable)")
 
 
-def resolve_config(args: argparse.Namespace, trainer: str, defaults: dict) -> dict:
-    cfg = load_config(args.config, trainer, defaults)
+def resolve_config(args: argparse.Namespace, trainer: str, schema: type) -> dict:
+    cfg = load_config(args.config, trainer, schema)
     for a in args.set:
         set_dotted(cfg, a)
     if args.data:
@@ -143,12 +121,9 @@ def resolve_config(args: argparse.Namespace, trainer: str, defaults: dict) -> di
         cfg["train"]["steps"] = args.steps
     if args.device:
         cfg["train"]["device"] = args.device
-    known = _flatten(deep_merge(COMMON_DEFAULTS, defaults))
-    unknown = [k for k in _flatten(cfg) if k not in known and not k.startswith(("_comment", "phi."))]
-    if unknown:
-        raise ValueError(f"unknown config entr{'y' if len(unknown) == 1 else 'ies'}: {', '.join(sorted(unknown))}")
+    cfg = config_types.parse(schema, cfg, "config (after --set and options)")
     if not cfg["data"]["manifest"]:
-        raise ValueError("no data: pass --data MANIFEST (or set data.manifest)")
+        raise ConfigError("no data: pass --data MANIFEST (or set data.manifest)")
     if not cfg["data"]["cache_dir"]:
         cfg["data"]["cache_dir"] = str(Path(cfg["data"]["manifest"]).resolve().parent / "cache")
     return cfg
@@ -170,7 +145,7 @@ def precision_setup(precision: str, device: torch.device) -> tuple[torch.dtype |
     else fp16 with a GradScaler; fp32 on CPU. An explicit bf16/fp16 is honoured on CPU too
     (CPU autocast; mainly so the mixed-precision path can be tested without a GPU)."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"train.precision {precision!r}: auto, fp32, bf16 or fp16")
+        raise ConfigError(f"train.precision {precision!r}: auto, fp32, bf16 or fp16")
     if precision == "auto":
         if device.type != "cuda":
             return None, False
@@ -244,11 +219,11 @@ def find_checkpoint(out: Path, resume: str) -> Path:
     if resume != "latest":
         path = Path(resume)
         if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{path}: no {STATE_FILE}")
+            raise MissingFileError(f"{path}: no {STATE_FILE}")
         return path
     latest = out / "checkpoints" / "latest"
     if not latest.is_file():
-        raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/latest)")
+        raise MissingFileError(f"{out}: nothing to resume (no checkpoints/latest)")
     return out / "checkpoints" / latest.read_text().strip()
 
 
@@ -284,12 +259,9 @@ class Loop:
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "rng": rng_state(), "config": self.cfg}
-        tmp = folder / f".{STATE_FILE}.tmp"
-        torch.save(state, tmp)
-        tmp.replace(folder / STATE_FILE)
-        latest = self.out / "checkpoints" / "latest"
-        latest.with_suffix(".tmp").write_text(folder.name + "\n")
-        latest.with_suffix(".tmp").replace(latest)
+        with atomic_path(folder / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+        atomic_write_text(self.out / "checkpoints" / "latest", folder.name + "\n")  # last: the folder is complete
         keep = self.cfg["train"]["keep_checkpoints"]
         if keep and keep > 0:
             for old in sorted((self.out / "checkpoints").glob("step_*"))[:-keep]:
@@ -408,5 +380,5 @@ def run(cfg: dict, out: Path, component: str, model: torch.nn.Module, model_cfg,
                                    {component: (model.state_dict(), model_cfg, {**meta, "step": loop.step})})
         log(f"canonical folder {export_dir}: {len(written)} files")
         result["export_dir"] = str(export_dir)
-    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "result.json", json.dumps(result, indent=1) + "\n")
     return result

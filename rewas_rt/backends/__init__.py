@@ -1,4 +1,4 @@
-"""Engine backends (DESIGN.md §4) and the choice between them.
+"""Engine backends (docs/design.md §6) and the choice between them.
 
 Automatic choice, fastest first: native TensorRT when the engine directory has
 ``.plan`` engines built for this TensorRT version and GPU and TensorRT and a GPU are

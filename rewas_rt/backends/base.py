@@ -1,4 +1,4 @@
-"""The backend interface (DESIGN.md §4): named NumPy arrays in, named NumPy arrays out.
+"""The backend interface (docs/design.md §6): named NumPy arrays in, named NumPy arrays out.
 
 A ``Backend`` (ONNX Runtime with some execution provider, or native TensorRT)
 opens one ``Engine`` per graph of the engine directory. Everything the pipeline
@@ -17,18 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from rewas_rt.errors import RewasError
+from rewas_rt.errors import BackendError  # noqa: F401 - defined in errors (rewas_rt.gpu raises it too)
 from rewas_rt.graphs import GraphSpec, TensorSpec
-from rewas_rt.manifest import GENERIC_REBUILD
+from rewas_rt import manifest
 
 
 def rebuild_hint(path: str | os.PathLike | None) -> str:
-    """How to rebuild the engine directory holding ``path`` (ends every "engine does not fit" message)."""
-    return "rebuild with: " + GENERIC_REBUILD.format(dir=Path(path).parent if path else "ENGINE_DIR")
-
-
-class BackendError(RewasError):
-    """A backend is unusable here, an engine cannot be loaded, or a call was fed wrongly."""
+    """``manifest.rebuild_hint`` for the engine directory holding the file ``path``."""
+    return manifest.rebuild_hint(Path(path).parent if path else None)
 
 
 class Engine(abc.ABC):

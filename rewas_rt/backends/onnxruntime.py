@@ -3,7 +3,7 @@
 ``onnxruntime`` is imported lazily: ``rewas_rt`` imports without it, and
 ``available()`` says how to install it. ``onnxruntime-gpu`` lists the CUDA and
 TensorRT providers even on a machine with no GPU (or without the CUDA/TensorRT
-libraries) and then silently runs on the CPU (DESIGN.md §7), so every session
+libraries) and then silently runs on the CPU (docs/design.md §9), so every session
 is checked: the provider asked for must come first in ``get_providers()``.
 """
 from __future__ import annotations

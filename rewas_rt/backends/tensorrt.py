@@ -24,59 +24,12 @@ from collections.abc import Collection, Mapping
 import numpy as np
 
 from rewas_rt.backends.base import Backend, BackendError, Engine, check_model_io, rebuild_hint, require_file
+from rewas_rt.gpu import cuda_call as _call
+from rewas_rt.gpu import cuda_imports as _imports
+from rewas_rt.gpu import probe as _probe
 from rewas_rt.graphs import GraphSpec
 
 log = logging.getLogger("rewas_rt")
-
-
-def _imports():
-    """(tensorrt, cuda.bindings.runtime), or BackendError saying which is missing."""
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise BackendError("TensorRT is not installed (the `tensorrt` Python package comes from NVIDIA's install)") from e
-    if int(tensorrt.__version__.split(".")[0]) < 10:
-        raise BackendError(f"TensorRT {tensorrt.__version__} is too old: TensorRT 10 or newer is needed")
-    try:
-        from cuda.bindings import runtime
-    except ImportError as e:
-        raise BackendError("cuda-python 12.8+ is not installed (cuda.bindings): pip install 'rewas-rt[gpu]'") from e
-    return tensorrt, runtime
-
-
-def _call(cudart, what: str, result):
-    """Unpack a cuda-python result ``(error, *values)``; raise on a CUDA error."""
-    err, *values = result
-    if err != cudart.cudaError_t.cudaSuccess:
-        _, text = cudart.cudaGetErrorString(err)
-        raise BackendError(f"CUDA {what} failed: {text.decode(errors='replace')}")
-    return values[0] if len(values) == 1 else None
-
-
-@functools.lru_cache(maxsize=None)
-def _probe(device_id: int) -> tuple[bool, str, dict]:
-    """(usable, reason, target) where target describes what engines must be built for. Never raises:
-    cuda-python 12.6.x raises (RuntimeError/OSError) from its first call when the driver library
-    ``libcuda.so.1`` is missing instead of returning an error code (cf. NVIDIA/cudf#10653), which
-    means "no usable GPU" here, not a crash."""
-    try:
-        trt, cudart = _imports()
-    except BackendError as e:
-        return False, str(e), {}
-    try:
-        err, count = cudart.cudaGetDeviceCount()
-        if err != cudart.cudaError_t.cudaSuccess:
-            return False, f"no usable CUDA GPU ({cudart.cudaGetErrorString(err)[1].decode(errors='replace')})", {}
-        if device_id >= count:
-            return False, f"no CUDA GPU {device_id} ({count} found)", {}
-        prop = _call(cudart, "cudaGetDeviceProperties", cudart.cudaGetDeviceProperties(device_id))
-    except BackendError as e:
-        return False, str(e), {}
-    except Exception as e:  # noqa: BLE001 - a missing/broken driver inside cuda-python: say why, do not raise
-        return False, f"CUDA is not usable here (no NVIDIA driver? {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", {}
-    gpu = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-    target = {"version": trt.__version__, "compute_capability": f"{prop.major}.{prop.minor}", "gpu": gpu}
-    return True, f"TensorRT {trt.__version__} on {gpu} (compute capability {prop.major}.{prop.minor})", target
 
 
 class TensorRTBackend(Backend):

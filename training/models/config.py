@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rewas_rt.atomic import atomic_write_text
+from rewas_rt.errors import ConfigError
+
 T = TypeVar("T", bound="ModelConfig")
 
 
@@ -19,11 +22,11 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown config fields {unknown}")
+            raise ConfigError(f"{cls.__name__}: unknown config fields {unknown}")
         return cls(**d)
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def from_json(cls: type[T], path: str | Path) -> T:

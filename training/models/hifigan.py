@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rewas_rt.errors import ConfigError
 from training.models.config import ModelConfig
 
 LRELU_SLOPE = 0.1
@@ -71,7 +72,7 @@ class HiFiGAN(nn.Module):
     def __init__(self, cfg: HiFiGANConfig):
         super().__init__()
         if cfg.resblock != "1":
-            raise ValueError(f"resblock {cfg.resblock!r}: AudioLDM's generator only has type '1'")
+            raise ConfigError(f"resblock {cfg.resblock!r}: AudioLDM's generator only has type '1'")
         self.config = cfg
         self.num_kernels = len(cfg.resblock_kernel_sizes)
         ch = cfg.upsample_initial_channel

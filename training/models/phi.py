@@ -23,6 +23,7 @@ import re
 import torch
 from torch import nn
 
+from rewas_rt.errors import ConfigError
 from training.models.config import ModelConfig
 from training.models.layers import Mlp
 
@@ -42,9 +43,9 @@ class PhiConfig(ModelConfig):
 
     def __post_init__(self):
         if self.attention not in ATTENTION_LAYOUTS:
-            raise ValueError(f"attention {self.attention!r} not in {ATTENTION_LAYOUTS}")
+            raise ConfigError(f"attention {self.attention!r} not in {ATTENTION_LAYOUTS}")
         if self.proj_dims[0] != self.width:
-            raise ValueError(f"proj_dims {self.proj_dims} must start at width {self.width}")
+            raise ConfigError(f"proj_dims {self.proj_dims} must start at width {self.width}")
 
     @classmethod
     def rewas_m(cls) -> "PhiConfig":

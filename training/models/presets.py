@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import zlib
 
+from rewas_rt.errors import ConfigError
 from training.models.adapter import AdapterConfig
 from training.models.clap_text import ClapTextConfig
 from training.models.config import ModelConfig
@@ -62,7 +63,7 @@ PRESETS = {"rewas-m": rewas_m, "tiny": tiny}
 
 def preset(name: str) -> dict[str, ModelConfig]:
     if name not in PRESETS:
-        raise ValueError(f"unknown model config '{name}' (known: {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown model config '{name}' (known: {', '.join(PRESETS)})")
     return PRESETS[name]()
 
 
@@ -111,19 +112,3 @@ def randomize_(module, seed: int) -> None:
 def component_seed(seed: int, component: str) -> int:
     """Each component's own seed, so adding or dropping one leaves the others' weights unchanged."""
     return (int(seed) * 1_000_003 + zlib.crc32(component.encode())) % (2**63)
-
-
-def _randomized(module, seed: int):
-    randomize_(module, seed)
-    return module.float().eval()
-
-
-def random_models(name: str, seed: int = 0) -> dict:
-    """Every component of a preset with random weights (deterministic per seed), in eval mode."""
-    from training.checkpoints import COMPONENTS
-
-    configs = preset(name)
-    return {
-        component: _randomized(COMPONENTS[component].model_cls(cfg), component_seed(seed, component))
-        for component, cfg in configs.items()
-    }

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rewas_rt.errors import ConfigError
 from training.models.config import ModelConfig
 from training.models.layers import Mlp
 
@@ -55,7 +56,7 @@ class SynchformerConfig(ModelConfig):
         """From a reference ``synchformer_video/config.json`` (MotionFormer's ``VIT`` section)."""
         vit, agg = cfg["VIT"], cfg["spatial_attn_agg"]
         if (vit["ATTN_LAYER"], cfg["VIT_patched_in_code"]["POS_EMBED"]) != ("divided", "separate"):
-            raise ValueError("only divided attention with separate position embeddings is implemented")
+            raise ConfigError("only divided attention with separate position embeddings is implemented")
         c = cls(embed_dim=vit["EMBED_DIM"], depth=vit["DEPTH"], num_heads=vit["NUM_HEADS"],
                 mlp_ratio=vit["MLP_RATIO"], qkv_bias=vit["QKV_BIAS"], in_chans=vit["CHANNELS"],
                 img_size=cfg["DATA_TRAIN_CROP_SIZE"], patch_size=vit["PATCH_SIZE"],
@@ -63,7 +64,7 @@ class SynchformerConfig(ModelConfig):
                 agg_layer_norm_eps=agg["layer_norm_eps"])
         if (agg["d_model"], agg["nhead"], agg["dim_feedforward"]) != (
                 c.embed_dim, c.num_heads, c.mlp_ratio * c.embed_dim):
-            raise ValueError(f"spatial_attn_agg {agg} does not follow the ViT sizes")
+            raise ConfigError(f"spatial_attn_agg {agg} does not follow the ViT sizes")
         return c
 
     @property

@@ -8,7 +8,7 @@
   and RoBERTa's special ids (``<s>`` = 0, ``<pad>`` = 1, ``</s>`` = 2), so "" → [0, 2].
 
 Either way truncation at ``TEXT_MAX_TOKENS`` is part of the file and padding is not (the
-runtime tokenizes unpadded: DESIGN.md §1, stage 7).
+runtime tokenizes unpadded: docs/design.md §1, stage 7).
 """
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 
 from rewas_rt import constants as C
+from rewas_rt.errors import RewasError
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # RoBERTa ids 0..3, <mask> last in roberta-base
 BOS, PAD, EOS = 0, 1, 2
 
 
-class TokenizerError(ValueError):
+class TokenizerError(RewasError, ValueError):
     pass
 
 
