@@ -108,3 +108,23 @@ def test_cli_sampler_and_interval(tmp_path, tiny_engines, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.strip().startswith("error: guidance interval") and "Traceback" not in err
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_every_sampler_runs_whole_videos(pipe, tmp_path):
+    """Several windows: the DPM samplers take the window-overlap constraint as DDIM does."""
+    from rewas_rt.pipeline import VideoRequest, plan_clip
+
+    clip = write_video(tmp_path / "7s.mp4", seconds=7.0, size=(64, 48))
+    n = len(plan_clip(VideoRequest("", 0, clip)))
+    assert n == 2
+    rows, denoise = [], pipe.denoise
+    pipe.denoise = lambda x, t, c: rows.append(len(x)) or denoise(x, t, c)
+    try:
+        for sampler in ("dpmpp-2m", "dpmpp-2m-sde"):
+            rows.clear()
+            res = pipe.generate_video(VideoRequest("rain", 1, clip, energy=np.full(10, -5.0)),
+                                      GenerationOptions(steps=2, sampler=sampler))
+            assert res.waveforms.shape == (1, 7 * C.SAMPLE_RATE) and np.isfinite(res.waveforms).all()
+            assert rows == [2] * (2 * n)
+    finally:
+        pipe.denoise = denoise

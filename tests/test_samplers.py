@@ -234,3 +234,33 @@ def test_interval_extremes(sampler):
 def test_guided_rejects_mismatched_conditions():
     with pytest.raises(ValueError, match="same names"):
         Guided(lambda *a: None, {"film": np.zeros(1)}, {"hint": np.zeros(1)}, 3.0)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp-2m", "dpmpp-2m-sde"])
+def test_constrain_sees_every_level_and_the_result(sampler):
+    """Window overlap (rewas_rt.windows): constrain(x, ᾱ) replaces x_T at ᾱ of the first level, each new x
+    at its level's ᾱ and the returned x̂0 at ᾱ = 1, as in ddim.sample."""
+    x_T, cond, uncond = problem(3)
+    levels = samplers.noise_levels(10)
+    seen, inputs = [], []
+
+    def constrain(x, alpha_bar):
+        seen.append(alpha_bar)
+        inputs.append(x.copy())
+        out = x.copy()
+        out[..., :2] = np.float32(np.sqrt(alpha_bar)) * 0.5  # pin the first columns, as an overlap would
+        return out
+
+    rng = np.random.default_rng(0)
+    noise = lambda step, shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    out = samplers.sample_with(sampler, model_counting([]), x_T, cond, uncond, 10, GUIDANCE, noise,
+                               constrain=constrain)
+    np.testing.assert_allclose(seen, levels.alphas ** 2, rtol=1e-12)  # alphas ends with 1 (σ = 0)
+    assert len(seen) == levels.steps + 1 and seen[-1] == 1.0
+    assert np.all(out[..., :2] == np.float32(0.5)) and not np.all(inputs[-1][..., :2] == np.float32(0.5))
+    # Without it the run is unchanged by the new argument.
+    rng = np.random.default_rng(0)
+    a = samplers.sample_with(sampler, model_counting([]), x_T, cond, uncond, 10, GUIDANCE, noise)
+    rng = np.random.default_rng(0)
+    b = samplers.sample_with(sampler, model_counting([]), x_T, cond, uncond, 10, GUIDANCE, noise, constrain=None)
+    np.testing.assert_array_equal(a, b)
