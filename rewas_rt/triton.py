@@ -1,0 +1,336 @@
+"""The pipeline inside NVIDIA Triton: each graph a Triton model, the loop a Python-backend
+model (``rewas``) that calls them through BLS (business logic scripting).
+
+``export/triton_repository.py`` writes the model repository. Its ``rewas/1/model.py`` is
+a shim that puts a copy of this package on ``sys.path`` and subclasses ``RewasModel``.
+The loop is ``rewas_rt.pipeline.Pipeline`` itself: only the ``Engine`` differs —
+``BlsEngine.run`` sends one graph call to the Triton model of that graph — so the
+tokenizer, energy post-processing, hint latent, DDIM sampler and seeding are the
+runtime's own code, tested once.
+
+Shapes on the wire: every graph model has ``max_batch_size > 0``, so Triton's ``dims``
+leave out the first (batch) axis of the contract; a tensor that is only a batch axis
+(``unet_adapter``'s ``timesteps``) is declared ``dims: [1]`` with ``reshape: {shape: []}``
+and sent as (B, 1). ``triton_dims`` is that rule, shared with the repository writer.
+
+``triton_python_backend_utils`` exists only inside Triton's Python backend; it is
+passed in (``RewasModel.initialize`` imports it), never imported at module level.
+Tests drive this module with a stand-in of it that answers BLS calls from ONNX Runtime.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rewas_rt import constants as C
+from rewas_rt.backends.base import Backend, BackendError, Engine
+from rewas_rt.energy_control import EnergyEdit
+from rewas_rt.errors import InputError, RewasError
+from rewas_rt.graphs import GraphSpec, TensorSpec
+from rewas_rt.manifest import (
+    MANIFEST_NAME, EngineDirectory, ManifestError, contract_problems, read_manifest, schema_problems,
+)
+
+PIPELINE_MODEL = "rewas"
+
+# numpy dtype name -> Triton ModelConfig DataType
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+    "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL", "object": "TYPE_STRING",
+}
+
+
+def triton_dims(t: TensorSpec) -> tuple[list[int], list[int] | None]:
+    """(Triton ``dims`` of a contract tensor without its batch axis, -1 for a dynamic axis;
+    ``reshape`` shape, or None). A batch-only tensor becomes dims [1] reshaped to []."""
+    rest = t.shape[1:]
+    if not rest:
+        return [1], []
+    return [d if isinstance(d, int) else -1 for d in rest], None
+
+
+# ------------------------------------------------------------------------------ BLS engines
+
+
+class BlsBackend(Backend):
+    """Engines that call Triton models through BLS. ``pb_utils``: the
+    ``triton_python_backend_utils`` module; ``models``: graph -> Triton model name
+    (default: the graph's name)."""
+
+    name = "triton-bls"
+
+    def __init__(self, pb_utils: Any, models: Mapping[str, str] | None = None):
+        self.pb = pb_utils
+        self.models = dict(models or {})
+
+    def available(self) -> tuple[bool, str]:
+        return True, "BLS calls from Triton's Python backend"
+
+    def open(self, graph: str, files: Mapping[str, str | os.PathLike], spec: GraphSpec) -> Engine:
+        model = self.models.get(graph, graph)
+        return BlsEngine(spec, self.pb, model, {"backend": self.name, "triton_model": model})
+
+
+class BlsEngine(Engine):
+    def __init__(self, spec: GraphSpec, pb_utils: Any, model: str, metadata: dict[str, Any]):
+        super().__init__(spec, metadata)
+        self.pb = pb_utils
+        self.model = model
+        # Outputs to host memory (Triton >= 23.04): the pipeline's maths is NumPy.
+        memory = getattr(pb_utils, "PreferredMemory", None)
+        self._memory = {"preferred_memory": memory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)} if memory else {}
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = []
+        for t in self.spec.inputs:
+            array = feeds[t.name]
+            if triton_dims(t)[1] is not None:  # batch-only tensor: (B,) travels as (B, 1)
+                array = array.reshape(-1, 1)
+            inputs.append(self.pb.Tensor(t.name, array))
+        request = self.pb.InferenceRequest(model_name=self.model, requested_output_names=list(self.output_names),
+                                           inputs=inputs, **self._memory)
+        response = request.exec()
+        if response.has_error():
+            raise BackendError(f"graph {self.name}: Triton model {self.model} failed: {response.error().message()}")
+        out = {}
+        for t in self.spec.outputs:
+            tensor = self.pb.get_output_tensor_by_name(response, t.name)
+            if tensor is None:
+                raise BackendError(f"graph {self.name}: Triton model {self.model} returned no output {t.name}")
+            array = tensor.as_numpy()
+            out[t.name] = array.reshape(-1) if triton_dims(t)[1] is not None else array
+        return out
+
+
+def pipeline_directory(path: str | os.PathLike) -> EngineDirectory:
+    """The ``rewas`` model's folder as an engine directory: its manifest (checked against the
+    contract) and tokenizer; the graphs themselves are the repository's other models."""
+    root = Path(path)
+    m = read_manifest(root)
+    problems = schema_problems(m) or contract_problems(m)
+    tok = root / m["tokenizer"]["path"] if not problems else None
+    if tok is not None and not tok.is_file():
+        problems = [f"tokenizer {m['tokenizer']['path']} is missing"]
+    if problems:
+        raise ManifestError(f"{root / MANIFEST_NAME}: {'; '.join(problems)}; rewrite the repository with "
+                            "python export/triton_repository.py --engines ENGINE_DIR --out REPO")
+    return EngineDirectory(root, m, "onnx")
+
+
+# ------------------------------------------------------------------------------ the rewas model
+
+# Keys of the OPTIONS JSON (the names of ``GenerationOptions`` and of `rewas-rt infer`'s flags).
+OPTION_KEYS = ("steps", "guidance", "eta", "candidates", "hint_from_mean", "energy_scale", "energy_offset",
+               "energy_clip")
+# Inputs of the `rewas` model (its config.pbtxt is written from this table):
+# name -> (numpy dtype name, dims, optional, what)
+MODEL_INPUTS: dict[str, tuple[str, list[int], bool, str]] = {
+    "PROMPT": ("object", [1], False, "UTF-8 text prompt"),
+    "SEED": ("int64", [1], True, "random seed >= 0 (default: random, returned in SEED_USED)"),
+    "VIDEO": ("object", [1], True, "an encoded video file (mp4, mov, mkv, webm ...)"),
+    "START": ("float32", [1], True, "start of the 5 s window in VIDEO, seconds (default 0)"),
+    "FRAMES": ("uint8", [C.FRAMES, C.CROP, C.CROP, 3], True, "decoded RGB frames at 25 fps instead of VIDEO"),
+    "ENERGY": ("float32", [C.MEL_FRAMES], True, "an energy curve replacing the one predicted from the video"),
+    "OPTIONS": ("object", [1], True, "JSON object of generation options: " + ", ".join(OPTION_KEYS)),
+}
+MODEL_OUTPUTS: dict[str, tuple[str, list[int], str]] = {
+    "WAVEFORM": ("float32", [-1, -1], "(candidates, samples) 16 kHz float in [-1, 1], cut to the video's length"),
+    "ENERGY_USED": ("float32", [C.MEL_FRAMES], "the energy curve that drove generation (after edits)"),
+    "SEED_USED": ("int64", [1], "the seed"),
+}
+MAX_STEPS = C.TRAIN_STEPS
+
+
+def _scalar(name: str, value: np.ndarray) -> Any:
+    flat = np.asarray(value).reshape(-1)
+    if flat.size != 1:
+        raise InputError(f"{name} must hold one value, got {flat.size}")
+    return flat[0]
+
+
+def _text(name: str, value: np.ndarray) -> str:
+    v = _scalar(name, value)
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{name} is not valid UTF-8") from None
+    return str(v)
+
+
+def _number(key: str, value: Any, kind: type, low: float | None = None, high: float | None = None) -> Any:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else (
+        isinstance(value, int) and not isinstance(value, bool))
+    if not ok or (kind is float and not math.isfinite(value)):
+        raise InputError(f"option {key} must be {'a finite number' if kind is float else 'an integer'}, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InputError(f"option {key} must be in [{low}, {high}], got {value!r}")
+    return kind(value)
+
+
+def parse_options(text: str | None):
+    """The OPTIONS JSON -> ``GenerationOptions``; a one-line ``InputError`` for anything wrong."""
+    from rewas_rt.pipeline import GenerationOptions
+
+    if text is None:
+        return GenerationOptions()
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"OPTIONS is not valid JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(d, dict):
+        raise InputError("OPTIONS must be a JSON object")
+    unknown = sorted(set(d) - set(OPTION_KEYS))
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTION_KEYS)}")
+    clip = d.get("energy_clip")
+    if clip is not None:
+        if not (isinstance(clip, list) and len(clip) == 2):
+            raise InputError("option energy_clip must be [min, max]")
+        clip = [_number("energy_clip", c, float) for c in clip]
+        if clip[0] > clip[1]:
+            raise InputError(f"option energy_clip: min {clip[0]} is above max {clip[1]}")
+    hint_mean = d.get("hint_from_mean", False)
+    if not isinstance(hint_mean, bool):
+        raise InputError("option hint_from_mean must be true or false")
+    return GenerationOptions(
+        steps=_number("steps", d.get("steps", C.DDIM_STEPS), int, 1, MAX_STEPS),
+        guidance=_number("guidance", d.get("guidance", C.GUIDANCE), float, 0.0, 100.0),
+        eta=_number("eta", d.get("eta", C.ETA), float, 0.0, 1.0),
+        candidates=_number("candidates", d.get("candidates", 1), int, 1, 8),
+        hint_from_mean=hint_mean,
+        energy_edit=EnergyEdit(_number("energy_scale", d.get("energy_scale", 1.0), float),
+                               _number("energy_offset", d.get("energy_offset", 0.0), float),
+                               *(clip or (None, None))),
+    )
+
+
+class RewasModel:
+    """The ``rewas`` Python-backend model; ``directory`` (set by the repository's shim) holds
+    ``manifest.json`` and ``tokenizer.json``. One response per request; a bad request gets an
+    error response with a one-line message and does not disturb the others."""
+
+    directory: Path
+
+    def initialize(self, args: Mapping[str, str]) -> None:
+        import triton_python_backend_utils as pb_utils  # only inside Triton (or a test's stand-in)
+
+        from rewas_rt.pipeline import Pipeline
+
+        self.pb = pb_utils
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        models = json.loads(params.get("graph_models", "{}"))
+        self.pipeline = Pipeline.from_backend(pipeline_directory(self.directory), BlsBackend(pb_utils, models))
+
+    def execute(self, requests: list) -> list:
+        from rewas_rt.pipeline import MAX_BATCH
+
+        responses: list = [None] * len(requests)
+        jobs: dict[Any, list[tuple[int, Any, int | None]]] = {}  # options -> [(index, Request, samples)]
+        for i, r in enumerate(requests):
+            try:
+                options, request, samples = self._parse(r)
+            except (RewasError, ValueError) as e:
+                responses[i] = self._error(e)
+                continue
+            jobs.setdefault(options, []).append((i, request, samples))
+        for options, items in jobs.items():
+            for k in range(0, len(items), MAX_BATCH):  # the graphs' batch axis holds MAX_BATCH requests
+                chunk = items[k:k + MAX_BATCH]
+                try:
+                    results = self.pipeline.generate([req for _, req, _ in chunk], options)
+                except (RewasError, ValueError) as e:
+                    for i, _, _ in chunk:
+                        responses[i] = self._error(e)
+                    continue
+                for (i, _, samples), res in zip(chunk, results):
+                    responses[i] = self.pb.InferenceResponse(output_tensors=[
+                        self.pb.Tensor("WAVEFORM", np.ascontiguousarray(res.waveforms[:, :samples])),
+                        self.pb.Tensor("ENERGY_USED", np.asarray(res.energy, np.float32)),
+                        self.pb.Tensor("SEED_USED", np.asarray([res.seed], np.int64)),
+                    ])
+        return responses
+
+    def finalize(self) -> None:
+        self.pipeline = None
+
+    def _error(self, e: BaseException) -> Any:
+        return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(str(e).splitlines()[0]))
+
+    def _input(self, request: Any, name: str) -> np.ndarray | None:
+        t = self.pb.get_input_tensor_by_name(request, name)
+        return None if t is None else t.as_numpy()
+
+    def _parse(self, r: Any):
+        """One Triton request -> (GenerationOptions, pipeline Request, samples to keep)."""
+        from rewas_rt.pipeline import Request
+
+        prompt_in = self._input(r, "PROMPT")
+        if prompt_in is None:
+            raise InputError("PROMPT is required")
+        prompt = _text("PROMPT", prompt_in)
+        self.pipeline.tokenizer.ids(prompt)  # rejects an empty prompt
+        seed_in = self._input(r, "SEED")
+        seed = int(_scalar("SEED", seed_in)) if seed_in is not None else secrets.randbelow(2**31)
+        if seed < 0:
+            raise InputError(f"SEED must be >= 0, got {seed}")
+        options_in = self._input(r, "OPTIONS")
+        options = parse_options(_text("OPTIONS", options_in) if options_in is not None else None)
+
+        video, frames, energy = (self._input(r, n) for n in ("VIDEO", "FRAMES", "ENERGY"))
+        start_in = self._input(r, "START")
+        if video is not None and frames is not None:
+            raise InputError("send VIDEO or FRAMES, not both")
+        if video is None and frames is None and energy is None:
+            raise InputError("send VIDEO, FRAMES or ENERGY")
+        if start_in is not None and video is None:
+            raise InputError("START applies to VIDEO only")
+        samples = C.WAVE_SAMPLES
+        if video is not None:
+            start = float(_scalar("START", start_in)) if start_in is not None else 0.0
+            clip = _decode_video(_scalar("VIDEO", video), start)
+            frames = clip.frames
+            samples = round(clip.real_seconds * C.SAMPLE_RATE)  # as `rewas-rt infer`: the track covers the video
+        elif frames is not None:
+            frames = np.asarray(frames)
+            if frames.dtype != np.uint8 or frames.shape != (C.FRAMES, C.CROP, C.CROP, 3):
+                raise InputError(f"FRAMES must be uint8 {(C.FRAMES, C.CROP, C.CROP, 3)}, got {frames.dtype} "
+                                 f"{frames.shape}")
+        if energy is not None:
+            energy = np.asarray(energy, np.float32).reshape(-1)
+            if energy.shape != (C.MEL_FRAMES,) or not np.isfinite(energy).all():
+                raise InputError(f"ENERGY must be {C.MEL_FRAMES} finite numbers")
+        return options, Request(prompt=prompt, seed=seed, frames=frames, energy=energy), samples
+
+
+def _decode_video(data: Any, start: float):
+    """Decode an encoded video sent as bytes (PyAV needs a file: a private temporary one)."""
+    from rewas_rt.video import load_video
+
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise InputError("VIDEO must be the bytes of a video file")
+    if not math.isfinite(start) or start < 0:
+        raise InputError(f"START must be a finite number >= 0, got {start}")
+    with tempfile.TemporaryDirectory(prefix="rewas-triton-") as tmp:
+        path = Path(tmp) / "video"
+        path.write_bytes(bytes(data))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                clip = load_video(path, start=start)
+        except InputError as e:  # name the input, not the temporary file
+            raise InputError(str(e).replace(str(path), "VIDEO")) from None
+    for w in caught:  # e.g. "only 3.00 s of video": passed on, naming the input
+        warnings.warn(str(w.message).replace(str(path), "VIDEO"), w.category, stacklevel=2)
+    return clip
+

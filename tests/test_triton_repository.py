@@ -1,0 +1,250 @@
+"""export/triton_repository.py and rewas_rt/triton.py, as far as this machine allows (no Triton here).
+
+- every config.pbtxt parses into Triton's ModelConfig protobuf (tritonclient's
+  model_config_pb2) and matches the I/O read from its ONNX graph;
+- the `rewas` Python-backend model runs in a fresh process under a stand-in of
+  triton_python_backend_utils (tests/triton_standin) that checks each BLS call against the
+  called model's config and answers it with ONNX Runtime; its output equals
+  `rewas-rt infer`'s for the same seed, sample for sample;
+- bad requests get one-line error responses; the CLI's errors are one line.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from rewas_rt import constants as C
+from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
+from tests.media_files import write_video
+
+mc = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                         reason="tritonclient[grpc] (the `test` extra) provides Triton's ModelConfig protobuf")
+onnx = pytest.importorskip("onnx", reason="the `export` extra reads the ONNX graphs' I/O")
+from google.protobuf import text_format  # noqa: E402  (comes with tritonclient)
+
+from export.triton_repository import main as write_main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDIN = ROOT / "tests" / "triton_standin"
+# ONNX TensorProto element type -> Triton DataType
+ONNX_TO_TRITON = {1: mc.TYPE_FP32, 10: mc.TYPE_FP16, 7: mc.TYPE_INT64, 6: mc.TYPE_INT32, 2: mc.TYPE_UINT8}
+
+
+def load_config(path):
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+
+
+def write(*argv):
+    return write_main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_engines, tmp_path_factory):
+    out = tmp_path_factory.mktemp("triton") / "repo"
+    assert write("--engines", tiny_engines[0], "--out", out) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=3.0)
+
+
+def onnx_io(path):
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+
+    def one(v):
+        t = v.type.tensor_type
+        return v.name, t.elem_type, [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+
+    return [one(v) for v in g.input if v.name not in inits], [one(v) for v in g.output]
+
+
+def test_graph_configs_parse_and_match_their_onnx_graphs(repo, tiny_engines):
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted([*GRAPHS, "rewas"])
+    for name in GRAPHS:
+        cfg = load_config(repo / name / "config.pbtxt")
+        assert cfg.name == name and cfg.platform == "onnxruntime_onnx"
+        model = repo / name / "1" / "model.onnx"
+        assert model.read_bytes() == (tiny_engines[0] / f"{name}.onnx").read_bytes()
+        onnx_in, onnx_out = onnx_io(model)
+        axis = GRAPHS[name].inputs[0].shape[0]
+        assert cfg.max_batch_size == DYNAMIC_AXES[axis][2]
+        assert all(1 <= b <= cfg.max_batch_size for b in cfg.dynamic_batching.preferred_batch_size)
+        assert cfg.dynamic_batching.preferred_batch_size  # dynamic batching is on
+        assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 1)]
+        for declared, graph in ((cfg.input, onnx_in), (cfg.output, onnx_out)):
+            assert [t.name for t in declared] == [n for n, _, _ in graph], name
+            for t, (_, elem, shape) in zip(declared, graph):
+                assert t.data_type == ONNX_TO_TRITON[elem], (name, t.name)
+                assert shape[0] is None, f"{name}.{t.name}: the batch axis must be dynamic in the graph"
+                rest = [-1 if d is None else d for d in shape[1:]]
+                if t.HasField("reshape"):  # a batch-only tensor travels as (B, 1)
+                    assert list(t.dims) == [1] and list(t.reshape.shape) == rest == [], (name, t.name)
+                else:
+                    assert list(t.dims) == rest, (name, t.name)
+
+
+def test_pipeline_model_config_and_contents(repo, tiny_engines):
+    cfg = load_config(repo / "rewas" / "config.pbtxt")
+    assert cfg.backend == "python" and cfg.max_batch_size == 0
+    assert [i.name for i in cfg.input if not i.optional] == ["PROMPT"]
+    models = json.loads(cfg.parameters["graph_models"].string_value)
+    assert set(models) == set(GRAPHS) and all((repo / m / "config.pbtxt").is_file() for m in models.values())
+    version = repo / "rewas" / "1"
+    assert (version / "manifest.json").read_bytes() == (tiny_engines[0] / "manifest.json").read_bytes()
+    assert (version / "tokenizer.json").read_bytes() == (tiny_engines[0] / "tokenizer.json").read_bytes()
+    assert (version / "rewas_rt" / "triton.py").read_bytes() == (ROOT / "rewas_rt" / "triton.py").read_bytes()
+    assert not list(version.rglob("__pycache__"))
+    assert "docker run" in (repo / "README.md").read_text()
+
+
+def run_model(repo, requests, tmp_path):
+    """The rewas model in a fresh process that sees only the stand-in and the repository."""
+    spec = tmp_path / "requests.json"
+    spec.write_text(json.dumps(requests))
+    out = tmp_path / "out.npz"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(STANDIN)}
+    proc = subprocess.run([sys.executable, str(STANDIN / "run_model.py"), str(repo), "rewas", str(spec), str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as d:
+        return {k: d[k] for k in d.files}, proc.stderr
+
+
+def test_rewas_model_equals_infer_and_rejects_bad_requests(repo, tiny_engines, clip, tmp_path, capsys):
+    from rewas_rt.cli import main as cli
+    from rewas_rt.energy_control import EnergyEdit
+    from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
+
+    curve = np.linspace(-6.0, -2.0, C.MEL_FRAMES, dtype=np.float32)
+    np.save(tmp_path / "curve.npy", curve)
+    (tmp_path / "junk.mp4").write_text("not a video")
+    good_video = {"PROMPT": "rain on a roof", "VIDEO": f"@{clip}", "SEED": 7, "OPTIONS": {"steps": 2}}
+    good_energy = {"PROMPT": "a dog barks", "ENERGY": {"npy": str(tmp_path / "curve.npy")}, "SEED": 3,
+                   "OPTIONS": {"steps": 1, "candidates": 2, "energy_offset": 0.5, "guidance": 2.5}}
+    bad = [
+        ({"PROMPT": "rain", "VIDEO": f"@{clip}", "OPTIONS": "{steps"}, "OPTIONS is not valid JSON"),
+        ({"PROMPT": "rain", "VIDEO": f"@{clip}", "OPTIONS": {"stepz": 3}}, "unknown option(s) stepz"),
+        ({"PROMPT": "rain", "VIDEO": f"@{clip}", "OPTIONS": {"steps": 0}}, "option steps must be in"),
+        ({"PROMPT": "rain", "VIDEO": f"@{clip}", "OPTIONS": {"guidance": "high"}}, "option guidance must be"),
+        ({"PROMPT": "rain", "VIDEO": f"@{clip}", "SEED": -1}, "SEED must be >= 0"),
+        ({"PROMPT": "  ", "VIDEO": f"@{clip}"}, "the prompt is empty"),
+        ({"PROMPT": "rain"}, "send VIDEO, FRAMES or ENERGY"),
+        ({"PROMPT": "rain", "ENERGY": {"npy": str(tmp_path / "curve.npy")}, "START": 1.0}, "START applies to VIDEO"),
+        ({"PROMPT": "rain", "VIDEO": f"@{tmp_path / 'junk.mp4'}"}, "VIDEO"),
+    ]
+    out, stderr = run_model(repo, [good_video, *(r for r, _ in bad), good_energy], tmp_path)
+    assert out["rewas_rt"].item().startswith(str(repo / "rewas" / "1" / "rewas_rt")), "the repository's copy ran"
+    assert "Traceback" not in stderr
+
+    # 1. the same seed and options through `rewas-rt infer`: the same WAV, sample for sample
+    wav = tmp_path / "infer.wav"
+    assert cli(["infer", str(clip), "rain on a roof", "--engines", str(tiny_engines[0]), "--steps", "2",
+                "--seed", "7", "--threads", "1", "-o", str(wav), "-q"]) == 0
+    ref, sr = sf.read(wav, dtype="int16")
+    wave = out["0.WAVEFORM"]
+    assert wave.shape == (1, 3 * C.SAMPLE_RATE) == (1, ref.size)  # cut to the 3 s video, as infer does
+    np.testing.assert_array_equal(np.clip(wave[0] * 32768.0, -32768, 32767).astype(np.int16), ref)
+    assert out["0.SEED_USED"].tolist() == [7]
+
+    # 2. an energy-only request with options: equal to the runtime's Pipeline on the engine directory
+    last = len(bad) + 1
+    pipe = Pipeline(tiny_engines[0], backend="onnxruntime-cpu", threads=1)
+    options = GenerationOptions(steps=1, candidates=2, guidance=2.5, energy_edit=EnergyEdit(offset=0.5))
+    (want,) = pipe.generate([Request("a dog barks", 3, energy=curve)], options)
+    np.testing.assert_array_equal(out[f"{last}.WAVEFORM"], want.waveforms)
+    np.testing.assert_array_equal(out[f"{last}.ENERGY_USED"], want.energy)
+
+    # 3. each bad request: its own one-line error; the good ones around it were unaffected
+    for k, (_, fragment) in enumerate(bad, start=1):
+        message = out[f"{k}.error"].item()
+        assert fragment in message and "\n" not in message, (k, message)
+        assert not any(key.startswith(f"{k}.") and key != f"{k}.error" for key in out)
+
+    # 4. the loop ran through BLS: one call per stage and DDIM step, two groups of options
+    calls = json.loads(out["calls"].item())
+    assert calls == {"synchformer": 1, "phi": 1, "clap_text": 3, "vae_encoder": 2, "unet_adapter": 3,
+                     "vae_decoder": 2, "vocoder": 2}
+
+
+def test_bls_engine_reports_what_triton_rejects(repo, tmp_path, monkeypatch):
+    """A BLS call Triton would refuse (batch above max_batch_size) becomes a BackendError naming the model."""
+    monkeypatch.syspath_prepend(str(STANDIN))
+    import triton_python_backend_utils as pb
+
+    from rewas_rt.backends.base import BackendError
+    from rewas_rt.triton import BlsBackend
+
+    small = tmp_path / "repo"
+    shutil.copytree(repo, small, ignore=shutil.ignore_patterns("rewas"))
+    cfg = small / "phi" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("max_batch_size: 8", "max_batch_size: 2"))
+    pb.serve(small)
+    spec = GRAPHS["phi"].resolved(feature_dim=json.loads((repo / "rewas/1/manifest.json").read_text())["video"]
+                                  ["feature_dim"])
+    engine = BlsBackend(pb).open("phi", {}, spec)
+    feats = np.random.default_rng(0).standard_normal((2, C.ENERGY_STEPS, spec.inputs[0].shape[-1]), np.float32)
+    energy = engine.run({"features": feats})["energy"]
+    import onnxruntime as ort
+
+    direct = ort.InferenceSession(str(repo / "phi/1/model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(energy, direct.run(None, {"features": feats})[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(BackendError, match="Triton model phi failed: .*max_batch_size 2"):
+        engine.run({"features": np.concatenate([feats, feats])})
+    engine = BlsBackend(pb, {"phi": "phi_v2"}).open("phi", {}, spec)
+    with pytest.raises(BackendError, match="Triton model phi_v2 failed: .*unknown model"):
+        engine.run({"features": feats})
+
+
+def test_tensorrt_plans_become_tensorrt_plan_models(tiny_engines, tmp_path):
+    """A directory with engines for every graph gets tensorrt_plan models serving the .plan files
+    (the engines here are stand-in bytes: TensorRT cannot be installed on this machine)."""
+    from rewas_rt import manifest as M
+
+    src = tmp_path / "engines"
+    shutil.copytree(tiny_engines[0], src)
+    m = json.loads((src / "manifest.json").read_text())
+    for name, g in m["graphs"].items():
+        (src / f"{name}.plan").write_bytes(f"plan of {name}".encode())
+        g["engine"] = {**M.file_entry(src, f"{name}.plan"), "precision": "fp16", "fp32_layers": [],
+                       "tensorrt_version": "10.9.0", "compute_capability": "9.0", "gpu": "NVIDIA H100",
+                       "fingerprint": "x"}
+    M.write_manifest(src, m)
+    out = tmp_path / "repo"
+    assert write("--engines", src, "--out", out) == 0
+    for name in GRAPHS:
+        assert load_config(out / name / "config.pbtxt").platform == "tensorrt_plan"
+        assert (out / name / "1" / "model.plan").read_bytes() == f"plan of {name}".encode()
+        assert not (out / name / "1" / "model.onnx").exists()
+    readme = (out / "README.md").read_text()
+    assert "TensorRT 10.9.0" in readme and "compute capability 9.0" in readme
+    assert write("--engines", src, "--out", out, "--force", "--platform", "onnxruntime_onnx") == 0
+    assert load_config(out / "vocoder" / "config.pbtxt").platform == "onnxruntime_onnx"
+
+
+@pytest.mark.parametrize("case", ["exists", "no_plans", "no_engines", "bad_instances"])
+def test_cli_errors_are_one_line(case, repo, tiny_engines, tmp_path, capsys):
+    args = {
+        "exists": ["--engines", tiny_engines[0], "--out", repo],
+        "no_plans": ["--engines", tiny_engines[0], "--out", tmp_path / "r", "--platform", "tensorrt_plan"],
+        "no_engines": ["--engines", tmp_path / "nowhere", "--out", tmp_path / "r"],
+        "bad_instances": ["--engines", tiny_engines[0], "--out", tmp_path / "r", "--instances", "0"],
+    }[case]
+    try:
+        code = write(*args)
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    assert code in (1, 2) and err.startswith("error: ") and err.count("\n") == 1, err
+    fragment = {"exists": "already exists", "no_plans": "no TensorRT engines", "no_engines": "no such engine directory",
+                "bad_instances": "--instances must be at least 1"}[case]
+    assert fragment in err
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))
