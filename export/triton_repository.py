@@ -35,7 +35,7 @@ import rewas_rt
 from rewas_rt import manifest as M
 from rewas_rt.errors import OutputError, RewasError
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS, GraphSpec, TensorSpec
-from rewas_rt.triton import MODEL_INPUTS, MODEL_OUTPUTS, PIPELINE_MODEL, TRITON_DTYPES, triton_dims
+from rewas_rt.triton import MODEL_INPUTS, MODEL_OUTPUTS, OPTION_KEYS, PIPELINE_MODEL, TRITON_DTYPES, triton_dims
 
 PLATFORMS = ("tensorrt_plan", "onnxruntime_onnx")
 MODEL_FILES = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx"}
@@ -168,8 +168,7 @@ Run it (host port 8000 HTTP, 8001 gRPC, 8002 metrics; `YY.MM` is the Triton rele
 
 Call `{PIPELINE_MODEL}` with PROMPT (BYTES [1]), VIDEO (BYTES [1], a video file) or FRAMES or
 ENERGY, and optionally SEED (INT64 [1]), START (FP32 [1]) and OPTIONS (BYTES [1], a JSON
-object: steps, guidance, eta, candidates, hint_from_mean, energy_scale, energy_offset,
-energy_clip). It returns WAVEFORM (FP32 [candidates, samples], 16 kHz), ENERGY_USED and
+object: {', '.join(OPTION_KEYS)}). It returns WAVEFORM (FP32 [candidates, samples], 16 kHz), ENERGY_USED and
 SEED_USED. See `{PIPELINE_MODEL}/config.pbtxt`.
 """
 

@@ -128,9 +128,9 @@ def pipeline_directory(path: str | os.PathLike) -> EngineDirectory:
 
 # ------------------------------------------------------------------------------ the rewas model
 
-# Keys of the OPTIONS JSON (the names of ``GenerationOptions`` and of `rewas-rt infer`'s flags).
-OPTION_KEYS = ("steps", "guidance", "eta", "candidates", "hint_from_mean", "energy_scale", "energy_offset",
-               "energy_clip")
+# Keys of the OPTIONS JSON: the HTTP service's form fields and `rewas-rt infer`'s flags, same names.
+OPTION_KEYS = ("steps", "guidance", "eta", "candidates", "hint_mean", "energy_scale", "energy_offset",
+               "energy_clip_min", "energy_clip_max")
 # Inputs of the `rewas` model (its config.pbtxt is written from this table):
 # name -> (numpy dtype name, dims, optional, what)
 MODEL_INPUTS: dict[str, tuple[str, list[int], bool, str]] = {
@@ -147,7 +147,6 @@ MODEL_OUTPUTS: dict[str, tuple[str, list[int], str]] = {
     "ENERGY_USED": ("float32", [C.MEL_FRAMES], "the energy curve that drove generation (after edits)"),
     "SEED_USED": ("int64", [1], "the seed"),
 }
-MAX_STEPS = C.TRAIN_STEPS
 
 
 def _scalar(name: str, value: np.ndarray) -> Any:
@@ -167,13 +166,14 @@ def _text(name: str, value: np.ndarray) -> str:
     return str(v)
 
 
-def _number(key: str, value: Any, kind: type, low: float | None = None, high: float | None = None) -> Any:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else (
-        isinstance(value, int) and not isinstance(value, bool))
-    if not ok or (kind is float and not math.isfinite(value)):
-        raise InputError(f"option {key} must be {'a finite number' if kind is float else 'an integer'}, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise InputError(f"option {key} must be in [{low}, {high}], got {value!r}")
+def _number(key: str, value: Any, kind: type, low: float, high: float) -> Any:
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or not low <= value <= high:
+        what = f"an integer in {low}..{high}" if kind is int else f"a finite number in [{low:g}, {high:g}]"
+        raise InputError(f"option {key} must be {what}, got {value!r}")
     return kind(value)
 
 
@@ -192,25 +192,21 @@ def parse_options(text: str | None):
     unknown = sorted(set(d) - set(OPTION_KEYS))
     if unknown:
         raise InputError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTION_KEYS)}")
-    clip = d.get("energy_clip")
-    if clip is not None:
-        if not (isinstance(clip, list) and len(clip) == 2):
-            raise InputError("option energy_clip must be [min, max]")
-        clip = [_number("energy_clip", c, float) for c in clip]
-        if clip[0] > clip[1]:
-            raise InputError(f"option energy_clip: min {clip[0]} is above max {clip[1]}")
-    hint_mean = d.get("hint_from_mean", False)
+    hint_mean = d.get("hint_mean", False)
     if not isinstance(hint_mean, bool):
-        raise InputError("option hint_from_mean must be true or false")
+        raise InputError(f"option hint_mean must be true or false, got {hint_mean!r}")
+    clip = [None if d.get(k) is None else _number(k, d[k], float, -20.0, 20.0)
+            for k in ("energy_clip_min", "energy_clip_max")]
+    if None not in clip and clip[0] > clip[1]:
+        raise InputError(f"option energy_clip_min {clip[0]:g} is above energy_clip_max {clip[1]:g}")
     return GenerationOptions(
-        steps=_number("steps", d.get("steps", C.DDIM_STEPS), int, 1, MAX_STEPS),
-        guidance=_number("guidance", d.get("guidance", C.GUIDANCE), float, 0.0, 100.0),
+        steps=_number("steps", d.get("steps", C.DDIM_STEPS), int, 1, C.TRAIN_STEPS // 2),
+        guidance=_number("guidance", d.get("guidance", C.GUIDANCE), float, 0.0, 30.0),
         eta=_number("eta", d.get("eta", C.ETA), float, 0.0, 1.0),
-        candidates=_number("candidates", d.get("candidates", 1), int, 1, 8),
+        candidates=_number("candidates", d.get("candidates", 1), int, 1, 16),
         hint_from_mean=hint_mean,
-        energy_edit=EnergyEdit(_number("energy_scale", d.get("energy_scale", 1.0), float),
-                               _number("energy_offset", d.get("energy_offset", 0.0), float),
-                               *(clip or (None, None))),
+        energy_edit=EnergyEdit(_number("energy_scale", d.get("energy_scale", 1.0), float, 0.0, 10.0),
+                               _number("energy_offset", d.get("energy_offset", 0.0), float, -20.0, 20.0), *clip),
     )
 
 

@@ -133,7 +133,7 @@ def test_rewas_model_equals_infer_and_rejects_bad_requests(repo, tiny_engines, c
     bad = [
         ({"PROMPT": "rain", "VIDEO": f"@{clip}", "OPTIONS": "{steps"}, "OPTIONS is not valid JSON"),
         ({"PROMPT": "rain", "VIDEO": f"@{clip}", "OPTIONS": {"stepz": 3}}, "unknown option(s) stepz"),
-        ({"PROMPT": "rain", "VIDEO": f"@{clip}", "OPTIONS": {"steps": 0}}, "option steps must be in"),
+        ({"PROMPT": "rain", "VIDEO": f"@{clip}", "OPTIONS": {"steps": 0}}, "option steps must be an integer in 1..500"),
         ({"PROMPT": "rain", "VIDEO": f"@{clip}", "OPTIONS": {"guidance": "high"}}, "option guidance must be"),
         ({"PROMPT": "rain", "VIDEO": f"@{clip}", "SEED": -1}, "SEED must be >= 0"),
         ({"PROMPT": "  ", "VIDEO": f"@{clip}"}, "the prompt is empty"),
@@ -173,6 +173,37 @@ def test_rewas_model_equals_infer_and_rejects_bad_requests(repo, tiny_engines, c
     calls = json.loads(out["calls"].item())
     assert calls == {"synchformer": 1, "phi": 1, "clap_text": 3, "vae_encoder": 2, "unet_adapter": 3,
                      "vae_decoder": 2, "vocoder": 2}
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[1]", "OPTIONS must be a JSON object"),
+    ('{"steps": 2.5}', "option steps must be an integer"),
+    ('{"steps": true}', "option steps must be an integer"),
+    ('{"eta": 1.5}', "option eta must be a finite number in [0, 1]"),
+    ('{"guidance": NaN}', "option guidance must be a finite number"),
+    ('{"candidates": 17}', "option candidates must be an integer in 1..16"),
+    ('{"hint_mean": "yes"}', "option hint_mean must be true or false"),
+    ('{"energy_clip_min": 2, "energy_clip_max": 1}', "energy_clip_min 2 is above energy_clip_max 1"),
+])
+def test_options_json_is_validated(text, fragment):
+    from rewas_rt.errors import InputError
+    from rewas_rt.triton import parse_options
+
+    with pytest.raises(InputError) as e:
+        parse_options(text)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_options_json_sets_every_option():
+    from rewas_rt.energy_control import EnergyEdit
+    from rewas_rt.pipeline import GenerationOptions
+    from rewas_rt.triton import OPTION_KEYS, parse_options
+
+    d = {"steps": 4, "guidance": 2.0, "eta": 0.5, "candidates": 3, "hint_mean": True, "energy_scale": 0.5,
+         "energy_offset": -1.0, "energy_clip_min": -8.0, "energy_clip_max": 1.0}
+    assert set(d) == set(OPTION_KEYS)
+    assert parse_options(json.dumps(d)) == GenerationOptions(4, 2.0, 0.5, 3, True, EnergyEdit(0.5, -1.0, -8.0, 1.0))
+    assert parse_options(None) == parse_options("{}") == GenerationOptions()
 
 
 def test_bls_engine_reports_what_triton_rejects(repo, tmp_path, monkeypatch):
