@@ -237,14 +237,14 @@ def service(request, tmp_path_factory):
         pytest.skip("the HTTP service (rewas_rt.serve, issue #10) is not in this tree")
     tiny_engines = request.getfixturevalue("tiny_engines")
     tmp = tmp_path_factory.mktemp("service")
-    (tmp / "key").write_text("k3y\n")
+    (tmp / "key").write_text("k3y-k3y-k3y-k3y-k3y\n")
     port = free_port()
     code = (
         "import sys, uvicorn\n"
         "from rewas_rt.serve.api import Service, build_fastapi\n"
         "from rewas_rt.serve.settings import ServeSettings\n"
         f"s = ServeSettings(engines={str(tiny_engines[0])!r}, backend='onnxruntime-cpu', threads=1, "
-        f"port={port}, api_key='k3y', max_queue=4, deadline_s=300)\n"
+        f"port={port}, api_key='k3y-k3y-k3y-k3y-k3y', max_queue=4, deadline_s=300)\n"
         f"uvicorn.run(build_fastapi(Service(s)), host='127.0.0.1', port={port}, log_level='warning')\n"
     )
     log = open(tmp / "service.log", "w")
