@@ -232,7 +232,7 @@ class RewasModel:
         from rewas_rt.pipeline import MAX_BATCH
 
         responses: list = [None] * len(requests)
-        jobs: dict[Any, list[tuple[int, Any, int | None]]] = {}  # options -> [(index, Request, samples)]
+        jobs: dict[Any, list[tuple[int, Any, int]]] = {}  # options -> [(index, Request, samples)]
         for i, r in enumerate(requests):
             try:
                 options, request, samples = self._parse(r)

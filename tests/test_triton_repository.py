@@ -141,7 +141,12 @@ def test_rewas_model_equals_infer_and_rejects_bad_requests(repo, tiny_engines, c
         ({"PROMPT": "rain", "ENERGY": {"npy": str(tmp_path / "curve.npy")}, "START": 1.0}, "START applies to VIDEO"),
         ({"PROMPT": "rain", "VIDEO": f"@{tmp_path / 'junk.mp4'}"}, "VIDEO"),
     ]
-    out, stderr = run_model(repo, [good_video, *(r for r, _ in bad), good_energy], tmp_path)
+    from rewas_rt.video import load_video
+
+    np.save(tmp_path / "frames.npy", load_video(clip).frames)
+    good_frames = {"PROMPT": "rain on a roof", "FRAMES": {"npy": str(tmp_path / "frames.npy")}, "SEED": 11,
+                   "OPTIONS": good_energy["OPTIONS"]}  # the same options: one generate call with the energy request
+    out, stderr = run_model(repo, [good_video, *(r for r, _ in bad), good_energy, good_frames], tmp_path)
     assert out["rewas_rt"].item().startswith(str(repo / "rewas" / "1" / "rewas_rt")), "the repository's copy ran"
     assert "Traceback" not in stderr
 
@@ -155,13 +160,17 @@ def test_rewas_model_equals_infer_and_rejects_bad_requests(repo, tiny_engines, c
     np.testing.assert_array_equal(np.clip(wave[0] * 32768.0, -32768, 32767).astype(np.int16), ref)
     assert out["0.SEED_USED"].tolist() == [7]
 
-    # 2. an energy-only request with options: equal to the runtime's Pipeline on the engine directory
+    # 2. an energy-only and a FRAMES request with other options, batched together: equal to the runtime's
+    #    Pipeline on the engine directory given the same batch (FRAMES is not cut: no video length)
     last = len(bad) + 1
     pipe = Pipeline(tiny_engines[0], backend="onnxruntime-cpu", threads=1)
     options = GenerationOptions(steps=1, candidates=2, guidance=2.5, energy_edit=EnergyEdit(offset=0.5))
-    (want,) = pipe.generate([Request("a dog barks", 3, energy=curve)], options)
-    np.testing.assert_array_equal(out[f"{last}.WAVEFORM"], want.waveforms)
-    np.testing.assert_array_equal(out[f"{last}.ENERGY_USED"], want.energy)
+    want = pipe.generate([Request("a dog barks", 3, energy=curve),
+                          Request("rain on a roof", 11, frames=np.load(tmp_path / "frames.npy"))], options)
+    for k, w in zip((last, last + 1), want):
+        assert out[f"{k}.WAVEFORM"].shape == (2, C.WAVE_SAMPLES)
+        np.testing.assert_array_equal(out[f"{k}.WAVEFORM"], w.waveforms)
+        np.testing.assert_array_equal(out[f"{k}.ENERGY_USED"], w.energy)
 
     # 3. each bad request: its own one-line error; the good ones around it were unaffected
     for k, (_, fragment) in enumerate(bad, start=1):
@@ -171,7 +180,7 @@ def test_rewas_model_equals_infer_and_rejects_bad_requests(repo, tiny_engines, c
 
     # 4. the loop ran through BLS: one call per stage and DDIM step, two groups of options
     calls = json.loads(out["calls"].item())
-    assert calls == {"synchformer": 1, "phi": 1, "clap_text": 3, "vae_encoder": 2, "unet_adapter": 3,
+    assert calls == {"synchformer": 2, "phi": 2, "clap_text": 3, "vae_encoder": 2, "unet_adapter": 3,
                      "vae_decoder": 2, "vocoder": 2}
 
 
@@ -259,6 +268,34 @@ def test_tensorrt_plans_become_tensorrt_plan_models(tiny_engines, tmp_path):
     assert "TensorRT 10.9.0" in readme and "compute capability 9.0" in readme
     assert write("--engines", src, "--out", out, "--force", "--platform", "onnxruntime_onnx") == 0
     assert load_config(out / "vocoder" / "config.pbtxt").platform == "onnxruntime_onnx"
+
+
+def test_external_weights_travel_with_the_onnx_model(tiny_engines, tmp_path):
+    """A graph whose weights are in <graph>.onnx.data (the full-size UNet) keeps them beside model.onnx,
+    under the name the graph refers to, and ONNX Runtime loads it from the repository."""
+    import onnxruntime as ort
+
+    from rewas_rt import manifest as M
+
+    src = tmp_path / "engines"
+    shutil.copytree(tiny_engines[0], src)
+    model = onnx.load(str(src / "vae_decoder.onnx"))
+    onnx.save_model(model, str(src / "vae_decoder.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="vae_decoder.onnx.data")
+    m = json.loads((src / "manifest.json").read_text())
+    g = m["graphs"]["vae_decoder"]
+    g["onnx"], g["external_data"] = M.file_entry(src, "vae_decoder.onnx"), M.file_entry(src, "vae_decoder.onnx.data")
+    M.write_manifest(src, m)
+    out = tmp_path / "repo"
+    assert write("--engines", src, "--out", out) == 0
+    version = out / "vae_decoder" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "vae_decoder.onnx.data"]
+    latent = np.random.default_rng(0).standard_normal((1, *C.LATENT_SHAPE), np.float32)
+    got = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"latent": latent})[0]
+    want = ort.InferenceSession(str(tiny_engines[0] / "vae_decoder.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"latent": latent})[0]
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("case", ["exists", "no_plans", "no_engines", "bad_instances"])
