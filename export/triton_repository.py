@@ -189,12 +189,12 @@ def write_repository(engines: Path, out: Path, *, platform: str | None = None, i
                      checksums: bool = True) -> Path:
     """Write the repository for the engine directory ``engines`` at ``out``; returns ``out``."""
     d = M.open_engine_dir(engines, backend="onnx", checksums=checksums)
-    m = dict(d.manifest)
+    m = json.loads((d.root / M.MANIFEST_NAME).read_text(encoding="utf-8"))  # verified above; for the README's facts
     if platform is None:
         platform = "tensorrt_plan" if d.has_engines else "onnxruntime_onnx"
     if platform == "tensorrt_plan" and not d.has_engines:
         raise RewasError(f"{engines} has no TensorRT engines for every graph: use --platform onnxruntime_onnx, "
-                         f"or build the engines on the GPU machine ({M.rebuild_hint(engines, m)})")
+                         "or build the engines on the GPU machine (export/build_engines.py with the same --out)")
     if out.exists() and not force:
         raise OutputError(f"{out} already exists (use --force to replace it)")
     parent = out.resolve().parent
@@ -224,7 +224,7 @@ def write_repository(engines: Path, out: Path, *, platform: str | None = None, i
         shutil.copytree(Path(rewas_rt.__file__).parent, version / "rewas_rt",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy2(d.root / M.MANIFEST_NAME, version / M.MANIFEST_NAME)
-        shutil.copy2(d.tokenizer_path, version / m["tokenizer"]["path"])
+        shutil.copy2(d.tokenizer_path, version / d.tokenizer_path.name)
         (tmp / "README.md").write_text(readme(platform, m, out))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         old = None

@@ -36,6 +36,13 @@ STANDIN = ROOT / "tests" / "triton_standin"
 ONNX_TO_TRITON = {1: mc.TYPE_FP32, 10: mc.TYPE_FP16, 7: mc.TYPE_INT64, 6: mc.TYPE_INT32, 2: mc.TYPE_UINT8}
 
 
+def file_entry(root, rel):
+    from rewas_rt.manifest import sha256_file
+
+    p = Path(root) / rel
+    return {"path": rel, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+
+
 def load_config(path):
     return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
 
@@ -254,7 +261,7 @@ def test_tensorrt_plans_become_tensorrt_plan_models(tiny_engines, tmp_path):
     m = json.loads((src / "manifest.json").read_text())
     for name, g in m["graphs"].items():
         (src / f"{name}.plan").write_bytes(f"plan of {name}".encode())
-        g["engine"] = {**M.file_entry(src, f"{name}.plan"), "precision": "fp16", "fp32_layers": [],
+        g["engine"] = {**file_entry(src, f"{name}.plan"), "precision": "fp16", "fp32_layers": [],
                        "tensorrt_version": "10.9.0", "compute_capability": "9.0", "gpu": "NVIDIA H100",
                        "fingerprint": "x"}
     M.write_manifest(src, m)
@@ -284,7 +291,7 @@ def test_external_weights_travel_with_the_onnx_model(tiny_engines, tmp_path):
                     location="vae_decoder.onnx.data")
     m = json.loads((src / "manifest.json").read_text())
     g = m["graphs"]["vae_decoder"]
-    g["onnx"], g["external_data"] = M.file_entry(src, "vae_decoder.onnx"), M.file_entry(src, "vae_decoder.onnx.data")
+    g["onnx"], g["external_data"] = file_entry(src, "vae_decoder.onnx"), file_entry(src, "vae_decoder.onnx.data")
     M.write_manifest(src, m)
     out = tmp_path / "repo"
     assert write("--engines", src, "--out", out) == 0
