@@ -150,7 +150,8 @@ def test_rewas_model_equals_infer_and_rejects_bad_requests(repo, tiny_engines, c
     ]
     from rewas_rt.video import load_video
 
-    np.save(tmp_path / "frames.npy", load_video(clip).frames)
+    with pytest.warns(UserWarning, match="only 3.00 s of video"):
+        np.save(tmp_path / "frames.npy", load_video(clip).frames)
     good_frames = {"PROMPT": "rain on a roof", "FRAMES": {"npy": str(tmp_path / "frames.npy")}, "SEED": 11,
                    "OPTIONS": good_energy["OPTIONS"]}  # the same options: one generate call with the energy request
     out, stderr = run_model(repo, [good_video, *(r for r, _ in bad), good_energy, good_frames], tmp_path)
