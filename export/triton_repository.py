@@ -4,7 +4,8 @@
 
 One Triton model per graph, named after it: ``tensorrt_plan`` serving ``<graph>.plan``
 when the directory has TensorRT engines, else ``onnxruntime_onnx`` serving the ONNX
-graph (``--platform`` forces one). Each ``config.pbtxt`` is written from the graph
+graph (``--platform`` forces one; ``--precision``: the FP16 graph with FP32 islands on
+GPU instances when the directory has it, as the runtime's ONNX Runtime backend chooses). Each ``config.pbtxt`` is written from the graph
 contract in ``rewas_rt.graphs``: dims without the batch axis (``rewas_rt.triton.triton_dims``),
 ``max_batch_size`` = the batch axis's profile maximum, dynamic batching with the
 profile's opt and max as preferred sizes, and a GPU instance group.
@@ -184,12 +185,26 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def write_repository(engines: Path, out: Path, *, platform: str | None = None, instances: int = 1,
-                     pipeline_instances: int = 1, kind: str = "KIND_GPU", force: bool = False,
+def _onnx_files(m: dict, graph: str, precision: str, kind: str) -> tuple[str, str | None, str]:
+    """(graph file, its external-data file or None, precision) an ONNX model serves, as the
+    runtime's ONNX Runtime backend chooses: "auto" is the FP16 graph (FP32 islands) on a GPU
+    when the directory has it, else FP32."""
+    g = m["graphs"][graph]
+    fp16 = g.get("fp16_onnx")
+    if precision == "fp16" and not fp16:
+        raise RewasError(f"graph {graph} has no FP16 ONNX graph in this engine directory: use --precision fp32, "
+                         "or rebuild it with export/build_engines.py")
+    if precision == "fp16" or (precision == "auto" and fp16 and kind == "KIND_GPU"):
+        return fp16["onnx"]["path"], (fp16.get("external_data") or {}).get("path"), "fp16"
+    return g["onnx"]["path"], (g.get("external_data") or {}).get("path"), "fp32"
+
+
+def write_repository(engines: Path, out: Path, *, platform: str | None = None, precision: str = "auto",
+                     instances: int = 1, pipeline_instances: int = 1, kind: str = "KIND_GPU", force: bool = False,
                      checksums: bool = True) -> Path:
     """Write the repository for the engine directory ``engines`` at ``out``; returns ``out``."""
     d = M.open_engine_dir(engines, backend="onnx", checksums=checksums)
-    m = json.loads((d.root / M.MANIFEST_NAME).read_text(encoding="utf-8"))  # verified above; for the README's facts
+    m = json.loads((d.root / M.MANIFEST_NAME).read_text(encoding="utf-8"))  # verified above: the file facts
     if platform is None:
         platform = "tensorrt_plan" if d.has_engines else "onnxruntime_onnx"
     if platform == "tensorrt_plan" and not d.has_engines:
@@ -212,9 +227,10 @@ def write_repository(engines: Path, out: Path, *, platform: str | None = None, i
             if platform == "tensorrt_plan":
                 _place(files.plan, version / MODEL_FILES[platform])
             else:
-                _place(files.onnx, version / MODEL_FILES[platform])
-                if files.external_data is not None:  # the graph names its weights file by this relative name
-                    _place(files.external_data, version / files.external_data.name)
+                graph_file, data_file, _ = _onnx_files(m, name, precision, kind)
+                _place(d.root / graph_file, version / MODEL_FILES[platform])
+                if data_file is not None:  # the graph names its weights file by this relative name
+                    _place(d.root / data_file, version / Path(data_file).name)
             spec = GRAPHS[name].resolved(feature_dim=d.feature_dim)
             (tmp / name / "config.pbtxt").write_text(graph_config(spec, platform, instances, kind))
         version = tmp / PIPELINE_MODEL / "1"
@@ -254,6 +270,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="model repository to write")
     p.add_argument("--platform", choices=PLATFORMS,
                    help="graph models' platform (default: tensorrt_plan when the directory has engines)")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16"), default="auto",
+                   help="ONNX models: the FP32 graphs or the FP16 ones with FP32 islands (default auto: FP16 on "
+                        "GPU instances when the directory has them, as the runtime chooses)")
     p.add_argument("--instances", type=int, default=1, help="instances of each graph model (default 1)")
     p.add_argument("--pipeline-instances", type=int, default=1,
                    help="instances of the rewas model: requests it runs at once (default 1)")
@@ -270,7 +289,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        out = write_repository(args.engines, args.out, platform=args.platform, instances=args.instances,
+        out = write_repository(args.engines, args.out, platform=args.platform, precision=args.precision,
+                               instances=args.instances,
                                pipeline_instances=args.pipeline_instances,
                                kind="KIND_CPU" if args.cpu else "KIND_GPU", force=args.force,
                                checksums=not args.skip_checksums)

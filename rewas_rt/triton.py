@@ -75,7 +75,8 @@ class BlsBackend(Backend):
     def available(self) -> tuple[bool, str]:
         return True, "BLS calls from Triton's Python backend"
 
-    def open(self, graph: str, files: Mapping[str, str | os.PathLike], spec: GraphSpec) -> Engine:
+    def open(self, graph: str, files: Mapping[str, str | os.PathLike], spec: GraphSpec,
+             info: Mapping[str, Any] | None = None) -> Engine:
         model = self.models.get(graph, graph)
         return BlsEngine(spec, self.pb, model, {"backend": self.name, "triton_model": model})
 

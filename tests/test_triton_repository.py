@@ -53,9 +53,22 @@ def write(*argv):
 
 @pytest.fixture(scope="module")
 def repo(tiny_engines, tmp_path_factory):
+    """The default repository: GPU instances (FP16 ONNX graphs where the directory has them)."""
     out = tmp_path_factory.mktemp("triton") / "repo"
     assert write("--engines", tiny_engines[0], "--out", out) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def cpu_repo(tiny_engines, tmp_path_factory):
+    """CPU instances: the FP32 graphs, as the runtime runs them on the CPU (what the stand-in runs)."""
+    out = tmp_path_factory.mktemp("triton") / "cpu-repo"
+    assert write("--engines", tiny_engines[0], "--out", out, "--cpu") == 0
+    return out
+
+
+def manifest_json(engines):
+    return json.loads((Path(engines) / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +87,25 @@ def onnx_io(path):
     return [one(v) for v in g.input if v.name not in inits], [one(v) for v in g.output]
 
 
-def test_graph_configs_parse_and_match_their_onnx_graphs(repo, tiny_engines):
+@pytest.mark.parametrize("which, kind", [("repo", mc.ModelInstanceGroup.KIND_GPU),
+                                         ("cpu_repo", mc.ModelInstanceGroup.KIND_CPU)])
+def test_graph_configs_parse_and_match_their_onnx_graphs(which, kind, request, tiny_engines):
+    repo = request.getfixturevalue(which)
+    graphs = manifest_json(tiny_engines[0])["graphs"]
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted([*GRAPHS, "rewas"])
     for name in GRAPHS:
         cfg = load_config(repo / name / "config.pbtxt")
         assert cfg.name == name and cfg.platform == "onnxruntime_onnx"
         model = repo / name / "1" / "model.onnx"
-        assert model.read_bytes() == (tiny_engines[0] / f"{name}.onnx").read_bytes()
+        fp16 = graphs[name].get("fp16_onnx")  # GPU instances serve the FP16 graph where there is one
+        served = fp16["onnx"]["path"] if fp16 and kind == mc.ModelInstanceGroup.KIND_GPU else graphs[name]["onnx"]["path"]
+        assert model.read_bytes() == (tiny_engines[0] / served).read_bytes(), name
         onnx_in, onnx_out = onnx_io(model)
         axis = GRAPHS[name].inputs[0].shape[0]
         assert cfg.max_batch_size == DYNAMIC_AXES[axis][2]
         assert all(1 <= b <= cfg.max_batch_size for b in cfg.dynamic_batching.preferred_batch_size)
         assert cfg.dynamic_batching.preferred_batch_size  # dynamic batching is on
-        assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 1)]
+        assert [(g.kind, g.count) for g in cfg.instance_group] == [(kind, 1)]
         for declared, graph in ((cfg.input, onnx_in), (cfg.output, onnx_out)):
             assert [t.name for t in declared] == [n for n, _, _ in graph], name
             for t, (_, elem, shape) in zip(declared, graph):
@@ -126,7 +145,8 @@ def run_model(repo, requests, tmp_path):
         return {k: d[k] for k in d.files}, proc.stderr
 
 
-def test_rewas_model_equals_infer_and_rejects_bad_requests(repo, tiny_engines, clip, tmp_path, capsys):
+def test_rewas_model_equals_infer_and_rejects_bad_requests(cpu_repo, tiny_engines, clip, tmp_path, capsys):
+    repo = cpu_repo
     from rewas_rt.cli import main as cli
     from rewas_rt.energy_control import EnergyEdit
     from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
@@ -223,7 +243,7 @@ def test_options_json_sets_every_option():
     assert parse_options(None) == parse_options("{}") == GenerationOptions()
 
 
-def test_bls_engine_reports_what_triton_rejects(repo, tmp_path, monkeypatch):
+def test_bls_engine_reports_what_triton_rejects(cpu_repo, tmp_path, monkeypatch):
     """A BLS call Triton would refuse (batch above max_batch_size) becomes a BackendError naming the model."""
     monkeypatch.syspath_prepend(str(STANDIN))
     import triton_python_backend_utils as pb
@@ -231,6 +251,7 @@ def test_bls_engine_reports_what_triton_rejects(repo, tmp_path, monkeypatch):
     from rewas_rt.backends.base import BackendError
     from rewas_rt.triton import BlsBackend
 
+    repo = cpu_repo
     small = tmp_path / "repo"
     shutil.copytree(repo, small, ignore=shutil.ignore_patterns("rewas"))
     cfg = small / "phi" / "config.pbtxt"
@@ -295,7 +316,7 @@ def test_external_weights_travel_with_the_onnx_model(tiny_engines, tmp_path):
     g["onnx"], g["external_data"] = file_entry(src, "vae_decoder.onnx"), file_entry(src, "vae_decoder.onnx.data")
     M.write_manifest(src, m)
     out = tmp_path / "repo"
-    assert write("--engines", src, "--out", out) == 0
+    assert write("--engines", src, "--out", out, "--precision", "fp32") == 0
     version = out / "vae_decoder" / "1"
     assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "vae_decoder.onnx.data"]
     latent = np.random.default_rng(0).standard_normal((1, *C.LATENT_SHAPE), np.float32)
@@ -304,6 +325,17 @@ def test_external_weights_travel_with_the_onnx_model(tiny_engines, tmp_path):
     want = ort.InferenceSession(str(tiny_engines[0] / "vae_decoder.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"latent": latent})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_precision_choice(tiny_engines, tmp_path):
+    graphs = manifest_json(tiny_engines[0])["graphs"]
+    assert write("--engines", tiny_engines[0], "--out", tmp_path / "fp32", "--precision", "fp32") == 0
+    for name in GRAPHS:
+        assert (tmp_path / "fp32" / name / "1" / "model.onnx").read_bytes() == \
+            (tiny_engines[0] / graphs[name]["onnx"]["path"]).read_bytes()
+    with_fp16 = [n for n in GRAPHS if graphs[n].get("fp16_onnx")]
+    code = write("--engines", tiny_engines[0], "--out", tmp_path / "fp16", "--precision", "fp16")
+    assert code == (0 if len(with_fp16) == len(GRAPHS) else 1)
 
 
 @pytest.mark.parametrize("case", ["exists", "no_plans", "no_engines", "bad_instances"])
