@@ -167,9 +167,10 @@ Run it (host port 8000 HTTP, 8001 gRPC, 8002 metrics; `YY.MM` is the Triton rele
       -v "$(realpath {out})":/models nvcr.io/nvidia/tritonserver:YY.MM-py3 \\
       bash -c "pip install -q {RUNTIME_DEPS} && tritonserver --model-repository=/models"
 
-Call `{PIPELINE_MODEL}` with PROMPT (BYTES [1]), VIDEO (BYTES [1], a video file) or FRAMES or
-ENERGY, and optionally SEED (INT64 [1]), START (FP32 [1]) and OPTIONS (BYTES [1], a JSON
-object: {', '.join(OPTION_KEYS)}). It returns WAVEFORM (FP32 [candidates, samples], 16 kHz), ENERGY_USED and
+Call `{PIPELINE_MODEL}` with PROMPT (BYTES [1]) and VIDEO (BYTES [1], a video file; optionally
+START and DURATION in seconds, FP32 [1]) or FRAMES or ENERGY, and optionally SEED (INT64 [1])
+and OPTIONS (BYTES [1], a JSON object: {', '.join(OPTION_KEYS)}). It returns WAVEFORM
+(FP32 [candidates, samples], 16 kHz, as long as the clip), ENERGY_USED and
 SEED_USED. See `{PIPELINE_MODEL}/config.pbtxt`.
 """
 

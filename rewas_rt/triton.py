@@ -19,6 +19,7 @@ Tests drive this module with a stand-in of it that answers BLS calls from ONNX R
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import numpy as np
 
 from rewas_rt import constants as C
 from rewas_rt.backends.base import Backend, BackendError, Engine
+from rewas_rt.energy import resize_nearest
 from rewas_rt.energy_control import EnergyEdit
 from rewas_rt.errors import InputError, RewasError
 from rewas_rt.graphs import GraphSpec, TensorSpec
@@ -137,15 +139,16 @@ OPTION_KEYS = ("steps", "guidance", "eta", "candidates", "hint_mean", "energy_sc
 MODEL_INPUTS: dict[str, tuple[str, list[int], bool, str]] = {
     "PROMPT": ("object", [1], False, "UTF-8 text prompt"),
     "SEED": ("int64", [1], True, "random seed >= 0 (default: random, returned in SEED_USED)"),
-    "VIDEO": ("object", [1], True, "an encoded video file (mp4, mov, mkv, webm ...)"),
-    "START": ("float32", [1], True, "start of the 5 s window in VIDEO, seconds (default 0)"),
-    "FRAMES": ("uint8", [C.FRAMES, C.CROP, C.CROP, 3], True, "decoded RGB frames at 25 fps instead of VIDEO"),
-    "ENERGY": ("float32", [C.MEL_FRAMES], True, "an energy curve replacing the one predicted from the video"),
+    "VIDEO": ("object", [1], True, "an encoded video file (mp4, mov, mkv, webm ...), whole or START/DURATION"),
+    "START": ("float32", [1], True, "where the clip starts in VIDEO, seconds (default 0)"),
+    "DURATION": ("float32", [1], True, "seconds of VIDEO from START (default: to the end; long clips in windows)"),
+    "FRAMES": ("uint8", [C.FRAMES, C.CROP, C.CROP, 3], True, "one window of RGB frames at 25 fps instead of VIDEO"),
+    "ENERGY": ("float32", [-1], True, "an energy curve (any length, resampled) replacing the predicted one"),
     "OPTIONS": ("object", [1], True, "JSON object of generation options: " + ", ".join(OPTION_KEYS)),
 }
 MODEL_OUTPUTS: dict[str, tuple[str, list[int], str]] = {
-    "WAVEFORM": ("float32", [-1, -1], "(candidates, samples) 16 kHz float in [-1, 1], cut to the video's length"),
-    "ENERGY_USED": ("float32", [C.MEL_FRAMES], "the energy curve that drove generation (after edits)"),
+    "WAVEFORM": ("float32", [-1, -1], "(candidates, samples) 16 kHz float in [-1, 1], as long as the clip"),
+    "ENERGY_USED": ("float32", [-1], "the energy curve that drove generation (after edits), 4 values per video frame"),
     "SEED_USED": ("int64", [1], "the seed"),
 }
 
@@ -230,33 +233,60 @@ class RewasModel:
         self.pipeline = Pipeline.from_backend(pipeline_directory(self.directory), BlsBackend(pb_utils, models))
 
     def execute(self, requests: list) -> list:
+        """VIDEO requests run one by one through ``Pipeline.generate_video`` (the whole clip or
+        START/DURATION of it, in windows, as `rewas-rt infer`); FRAMES / ENERGY-only requests are
+        batched through ``Pipeline.generate``, grouped by options, at most MAX_BATCH per call."""
         from rewas_rt.pipeline import MAX_BATCH
 
         responses: list = [None] * len(requests)
-        jobs: dict[Any, list[tuple[int, Any, int]]] = {}  # options -> [(index, Request, samples)]
+        batched: dict[Any, list[tuple[int, Any]]] = {}  # options -> [(index, Request)]
         for i, r in enumerate(requests):
             try:
-                options, request, samples = self._parse(r)
+                options, job = self._parse(r)
+                if isinstance(job, _VideoJob):
+                    responses[i] = self._respond(self._generate_video(job, options))
+                else:
+                    batched.setdefault(options, []).append((i, job))
             except (RewasError, ValueError) as e:
                 responses[i] = self._error(e)
-                continue
-            jobs.setdefault(options, []).append((i, request, samples))
-        for options, items in jobs.items():
+        for options, items in batched.items():
             for k in range(0, len(items), MAX_BATCH):  # the graphs' batch axis holds MAX_BATCH requests
                 chunk = items[k:k + MAX_BATCH]
                 try:
-                    results = self.pipeline.generate([req for _, req, _ in chunk], options)
+                    results = self.pipeline.generate([req for _, req in chunk], options)
                 except (RewasError, ValueError) as e:
-                    for i, _, _ in chunk:
+                    for i, _ in chunk:
                         responses[i] = self._error(e)
                     continue
-                for (i, _, samples), res in zip(chunk, results):
-                    responses[i] = self.pb.InferenceResponse(output_tensors=[
-                        self.pb.Tensor("WAVEFORM", np.ascontiguousarray(res.waveforms[:, :samples])),
-                        self.pb.Tensor("ENERGY_USED", np.asarray(res.energy, np.float32)),
-                        self.pb.Tensor("SEED_USED", np.asarray([res.seed], np.int64)),
-                    ])
+                for (i, _), res in zip(chunk, results):
+                    responses[i] = self._respond(res)
         return responses
+
+    def _respond(self, res: Any) -> Any:
+        return self.pb.InferenceResponse(output_tensors=[
+            self.pb.Tensor("WAVEFORM", np.ascontiguousarray(res.waveforms, np.float32)),
+            self.pb.Tensor("ENERGY_USED", np.ascontiguousarray(res.energy, np.float32)),
+            self.pb.Tensor("SEED_USED", np.asarray([res.seed], np.int64)),
+        ])
+
+    def _generate_video(self, job: "_VideoJob", options: Any) -> Any:
+        """The video bytes live in a private temporary file while generation reads them."""
+        from rewas_rt.pipeline import VideoRequest
+
+        with tempfile.TemporaryDirectory(prefix="rewas-triton-") as tmp:
+            path = Path(tmp) / "video"
+            path.write_bytes(job.data)
+            request = VideoRequest(prompt=job.prompt, seed=job.seed, video=path, start=job.start,
+                                   duration=job.duration, energy=job.energy)
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    result = self.pipeline.generate_video(request, options)
+            except RewasError as e:  # name the input, not the temporary file
+                raise InputError(str(e).replace(str(path), "VIDEO")) from None
+        for w in caught:  # e.g. "only 3.00 s of video": passed on, naming the input
+            warnings.warn(str(w.message).replace(str(path), "VIDEO"), w.category, stacklevel=2)
+        return result
 
     def finalize(self) -> None:
         self.pipeline = None
@@ -269,7 +299,7 @@ class RewasModel:
         return None if t is None else t.as_numpy()
 
     def _parse(self, r: Any):
-        """One Triton request -> (GenerationOptions, pipeline Request, samples to keep)."""
+        """One Triton request -> (GenerationOptions, a pipeline Request or a _VideoJob)."""
         from rewas_rt.pipeline import Request
 
         prompt_in = self._input(r, "PROMPT")
@@ -285,49 +315,39 @@ class RewasModel:
         options = parse_options(_text("OPTIONS", options_in) if options_in is not None else None)
 
         video, frames, energy = (self._input(r, n) for n in ("VIDEO", "FRAMES", "ENERGY"))
-        start_in = self._input(r, "START")
+        start_in, duration_in = self._input(r, "START"), self._input(r, "DURATION")
         if video is not None and frames is not None:
             raise InputError("send VIDEO or FRAMES, not both")
         if video is None and frames is None and energy is None:
             raise InputError("send VIDEO, FRAMES or ENERGY")
-        if start_in is not None and video is None:
-            raise InputError("START applies to VIDEO only")
-        samples = C.WAVE_SAMPLES
+        if (start_in is not None or duration_in is not None) and video is None:
+            raise InputError("START and DURATION apply to VIDEO only")
+        if energy is not None:
+            energy = np.asarray(energy, np.float32).reshape(-1)
+            if energy.size < 2 or not np.isfinite(energy).all():
+                raise InputError("ENERGY must be at least 2 finite numbers")
         if video is not None:
+            data = _scalar("VIDEO", video)
+            if not isinstance(data, (bytes, bytearray)) or not data:
+                raise InputError("VIDEO must be the bytes of a video file")
             start = float(_scalar("START", start_in)) if start_in is not None else 0.0
-            clip = _decode_video(_scalar("VIDEO", video), start)
-            frames = clip.frames
-            samples = round(clip.real_seconds * C.SAMPLE_RATE)  # as `rewas-rt infer`: the track covers the video
-        elif frames is not None:
+            duration = float(_scalar("DURATION", duration_in)) if duration_in is not None else None
+            return options, _VideoJob(prompt, seed, bytes(data), start, duration, energy)
+        if frames is not None:
             frames = np.asarray(frames)
             if frames.dtype != np.uint8 or frames.shape != (C.FRAMES, C.CROP, C.CROP, 3):
                 raise InputError(f"FRAMES must be uint8 {(C.FRAMES, C.CROP, C.CROP, 3)}, got {frames.dtype} "
                                  f"{frames.shape}")
-        if energy is not None:
-            energy = np.asarray(energy, np.float32).reshape(-1)
-            if energy.shape != (C.MEL_FRAMES,) or not np.isfinite(energy).all():
-                raise InputError(f"ENERGY must be {C.MEL_FRAMES} finite numbers")
-        return options, Request(prompt=prompt, seed=seed, frames=frames, energy=energy), samples
+        if energy is not None:  # one window: the curve resampled to its 512 frames, as a curve file is
+            energy = resize_nearest(energy, C.MEL_FRAMES)
+        return options, Request(prompt=prompt, seed=seed, frames=frames, energy=energy)
 
 
-def _decode_video(data: Any, start: float):
-    """Decode an encoded video sent as bytes (PyAV needs a file: a private temporary one)."""
-    from rewas_rt.video import load_video
-
-    if not isinstance(data, (bytes, bytearray)) or not data:
-        raise InputError("VIDEO must be the bytes of a video file")
-    if not math.isfinite(start) or start < 0:
-        raise InputError(f"START must be a finite number >= 0, got {start}")
-    with tempfile.TemporaryDirectory(prefix="rewas-triton-") as tmp:
-        path = Path(tmp) / "video"
-        path.write_bytes(bytes(data))
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                clip = load_video(path, start=start)
-        except InputError as e:  # name the input, not the temporary file
-            raise InputError(str(e).replace(str(path), "VIDEO")) from None
-    for w in caught:  # e.g. "only 3.00 s of video": passed on, naming the input
-        warnings.warn(str(w.message).replace(str(path), "VIDEO"), w.category, stacklevel=2)
-    return clip
-
+@dataclasses.dataclass(frozen=True)
+class _VideoJob:
+    prompt: str
+    seed: int
+    data: bytes
+    start: float
+    duration: float | None
+    energy: np.ndarray | None

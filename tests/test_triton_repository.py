@@ -165,7 +165,9 @@ def test_rewas_model_equals_infer_and_rejects_bad_requests(cpu_repo, tiny_engine
         ({"PROMPT": "rain", "VIDEO": f"@{clip}", "SEED": -1}, "SEED must be >= 0"),
         ({"PROMPT": "  ", "VIDEO": f"@{clip}"}, "the prompt is empty"),
         ({"PROMPT": "rain"}, "send VIDEO, FRAMES or ENERGY"),
-        ({"PROMPT": "rain", "ENERGY": {"npy": str(tmp_path / "curve.npy")}, "START": 1.0}, "START applies to VIDEO"),
+        ({"PROMPT": "rain", "ENERGY": {"npy": str(tmp_path / "curve.npy")}, "START": 1.0},
+         "START and DURATION apply to VIDEO only"),
+        ({"PROMPT": "rain", "VIDEO": f"@{clip}", "DURATION": -1.0}, "duration must be"),
         ({"PROMPT": "rain", "VIDEO": f"@{tmp_path / 'junk.mp4'}"}, "VIDEO"),
     ]
     from rewas_rt.video import load_video
@@ -174,7 +176,12 @@ def test_rewas_model_equals_infer_and_rejects_bad_requests(cpu_repo, tiny_engine
         np.save(tmp_path / "frames.npy", load_video(clip).frames)
     good_frames = {"PROMPT": "rain on a roof", "FRAMES": {"npy": str(tmp_path / "frames.npy")}, "SEED": 11,
                    "OPTIONS": good_energy["OPTIONS"]}  # the same options: one generate call with the energy request
-    out, stderr = run_model(repo, [good_video, *(r for r, _ in bad), good_energy, good_frames], tmp_path)
+    long_clip = write_video(tmp_path / "long.mp4", seconds=7.0)  # two windows
+    good_long = {"PROMPT": "footsteps", "VIDEO": f"@{long_clip}", "SEED": 4, "OPTIONS": {"steps": 1}}
+    good_part = {"PROMPT": "footsteps", "VIDEO": f"@{long_clip}", "SEED": 4, "START": 1.0, "DURATION": 2.0,
+                 "OPTIONS": {"steps": 1}}
+    out, stderr = run_model(repo, [good_video, *(r for r, _ in bad), good_energy, good_frames, good_long, good_part],
+                            tmp_path)
     assert out["rewas_rt"].item().startswith(str(repo / "rewas" / "1" / "rewas_rt")), "the repository's copy ran"
     assert "Traceback" not in stderr
 
@@ -206,10 +213,20 @@ def test_rewas_model_equals_infer_and_rejects_bad_requests(cpu_repo, tiny_engine
         assert fragment in message and "\n" not in message, (k, message)
         assert not any(key.startswith(f"{k}.") and key != f"{k}.error" for key in out)
 
-    # 4. the loop ran through BLS: one call per stage and DDIM step, two groups of options
+    # 4. a 7 s video runs in windows exactly as `rewas-rt infer` runs it; START/DURATION cut a part
+    k = len(bad) + 3
+    wav = tmp_path / "long.wav"
+    assert cli(["infer", str(long_clip), "footsteps", "--engines", str(tiny_engines[0]), "--steps", "1",
+                "--seed", "4", "--threads", "1", "-o", str(wav), "-q"]) == 0
+    ref, _ = sf.read(wav, dtype="int16")
+    assert out[f"{k}.WAVEFORM"].shape == (1, 7 * C.SAMPLE_RATE) == (1, ref.size)
+    np.testing.assert_array_equal(np.clip(out[f"{k}.WAVEFORM"][0] * 32768.0, -32768, 32767).astype(np.int16), ref)
+    assert out[f"{k + 1}.WAVEFORM"].shape == (1, 2 * C.SAMPLE_RATE)
+
+    # 5. the loop ran through BLS: every graph model was called, the UNet once per DDIM step and window
+    #    (video 2 steps; energy + frames batched, 1 step; 7 s clip 2 windows x 1 step; 2 s part 1 step)
     calls = json.loads(out["calls"].item())
-    assert calls == {"synchformer": 2, "phi": 2, "clap_text": 3, "vae_encoder": 2, "unet_adapter": 3,
-                     "vae_decoder": 2, "vocoder": 2}
+    assert set(calls) == set(GRAPHS) and calls["unet_adapter"] == 2 + 1 + 2 + 1, calls
 
 
 @pytest.mark.parametrize("text, fragment", [
