@@ -38,9 +38,7 @@ from rewas_rt.energy import resize_nearest
 from rewas_rt.energy_control import EnergyEdit
 from rewas_rt.errors import InputError, RewasError
 from rewas_rt.graphs import GraphSpec, TensorSpec
-from rewas_rt.manifest import (
-    MANIFEST_NAME, EngineDirectory, ManifestError, contract_problems, read_manifest, schema_problems,
-)
+from rewas_rt.manifest import MANIFEST_NAME, EngineDirectory, ManifestError, contract_problems, read_manifest
 
 PIPELINE_MODEL = "rewas"
 
@@ -115,14 +113,13 @@ class BlsEngine(Engine):
 
 
 def pipeline_directory(path: str | os.PathLike) -> EngineDirectory:
-    """The ``rewas`` model's folder as an engine directory: its manifest (checked against the
-    contract) and tokenizer; the graphs themselves are the repository's other models."""
+    """The ``rewas`` model's folder as an engine directory: its manifest (layout and graph contract
+    checked) and tokenizer; the graphs themselves are the repository's other models."""
     root = Path(path)
-    m = read_manifest(root)
-    problems = schema_problems(m) or contract_problems(m)
-    tok = root / m["tokenizer"]["path"] if not problems else None
-    if tok is not None and not tok.is_file():
-        problems = [f"tokenizer {m['tokenizer']['path']} is missing"]
+    m = read_manifest(root)  # ManifestError for a missing, corrupt or mis-laid-out manifest
+    problems = contract_problems(m)
+    if not problems and not (root / m.tokenizer.path).is_file():
+        problems = [f"tokenizer {m.tokenizer.path} is missing"]
     if problems:
         raise ManifestError(f"{root / MANIFEST_NAME}: {'; '.join(problems)}; rewrite the repository with "
                             "python export/triton_repository.py --engines ENGINE_DIR --out REPO")
