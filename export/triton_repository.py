@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import rewas_rt
 from rewas_rt import manifest as M
-from rewas_rt.errors import OutputError, RewasError
+from rewas_rt.errors import OutputError, RewasError, cli_main
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS, GraphSpec, TensorSpec
 from rewas_rt.triton import MODEL_INPUTS, MODEL_OUTPUTS, OPTION_KEYS, PIPELINE_MODEL, TRITON_DTYPES, triton_dims
 
@@ -287,20 +287,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
+    # Interrupted or failed, nothing is written: the repository is renamed into place last.
     args = parse_args(argv)
-    try:
-        out = write_repository(args.engines, args.out, platform=args.platform, precision=args.precision,
-                               instances=args.instances,
-                               pipeline_instances=args.pipeline_instances,
-                               kind="KIND_CPU" if args.cpu else "KIND_GPU", force=args.force,
-                               checksums=not args.skip_checksums)
-    except RewasError as e:  # ManifestError, OutputError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    out = write_repository(args.engines, args.out, platform=args.platform, precision=args.precision,
+                           instances=args.instances, pipeline_instances=args.pipeline_instances,
+                           kind="KIND_CPU" if args.cpu else "KIND_GPU", force=args.force,
+                           checksums=not args.skip_checksums)
     print(f"wrote {out} (see {out / 'README.md'})")
     return 0
 
