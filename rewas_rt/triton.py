@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import secrets
 import tempfile
@@ -35,7 +34,6 @@ import numpy as np
 from rewas_rt import constants as C
 from rewas_rt.backends.base import Backend, BackendError, Engine
 from rewas_rt.energy import resize_nearest
-from rewas_rt.energy_control import EnergyEdit
 from rewas_rt.errors import InputError, RewasError
 from rewas_rt.graphs import GraphSpec, TensorSpec
 from rewas_rt.manifest import MANIFEST_NAME, EngineDirectory, ManifestError, contract_problems, read_manifest
@@ -167,48 +165,27 @@ def _text(name: str, value: np.ndarray) -> str:
     return str(v)
 
 
-def _number(key: str, value: Any, kind: type, low: float, high: float) -> Any:
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    else:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    if not ok or not low <= value <= high:
-        what = f"an integer in {low}..{high}" if kind is int else f"a finite number in [{low:g}, {high:g}]"
-        raise InputError(f"option {key} must be {what}, got {value!r}")
-    return kind(value)
-
-
 def parse_options(text: str | None):
-    """The OPTIONS JSON -> ``GenerationOptions``; a one-line ``InputError`` for anything wrong."""
-    from rewas_rt.pipeline import GenerationOptions
+    """The OPTIONS JSON -> ``GenerationOptions``, each value checked by ``rewas_rt.options`` (the
+    ranges and messages of the CLI and the HTTP service); a one-line ``InputError`` otherwise."""
+    from rewas_rt.options import OPTIONS, GenerationOptions, energy_edit
 
-    if text is None:
-        return GenerationOptions()
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"OPTIONS is not valid JSON ({e.msg} at character {e.pos})") from None
-    if not isinstance(d, dict):
-        raise InputError("OPTIONS must be a JSON object")
+    d: dict[str, Any] = {}
+    if text is not None:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"OPTIONS is not valid JSON ({e.msg} at character {e.pos})") from None
+        if not isinstance(d, dict):
+            raise InputError("OPTIONS must be a JSON object")
     unknown = sorted(set(d) - set(OPTION_KEYS))
     if unknown:
         raise InputError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTION_KEYS)}")
-    hint_mean = d.get("hint_mean", False)
-    if not isinstance(hint_mean, bool):
-        raise InputError(f"option hint_mean must be true or false, got {hint_mean!r}")
-    clip = [None if d.get(k) is None else _number(k, d[k], float, -20.0, 20.0)
-            for k in ("energy_clip_min", "energy_clip_max")]
-    if None not in clip and clip[0] > clip[1]:
-        raise InputError(f"option energy_clip_min {clip[0]:g} is above energy_clip_max {clip[1]:g}")
-    return GenerationOptions(
-        steps=_number("steps", d.get("steps", C.DDIM_STEPS), int, 1, C.TRAIN_STEPS // 2),
-        guidance=_number("guidance", d.get("guidance", C.GUIDANCE), float, 0.0, 30.0),
-        eta=_number("eta", d.get("eta", C.ETA), float, 0.0, 1.0),
-        candidates=_number("candidates", d.get("candidates", 1), int, 1, 16),
-        hint_from_mean=hint_mean,
-        energy_edit=EnergyEdit(_number("energy_scale", d.get("energy_scale", 1.0), float, 0.0, 10.0),
-                               _number("energy_offset", d.get("energy_offset", 0.0), float, -20.0, 20.0), *clip),
-    )
+    v = {k: OPTIONS[k].parse(d[k]) if k in d else OPTIONS[k].default for k in OPTION_KEYS}
+    return GenerationOptions(steps=v["steps"], guidance=v["guidance"], eta=v["eta"], candidates=v["candidates"],
+                             hint_from_mean=v["hint_mean"],
+                             energy_edit=energy_edit(v["energy_scale"], v["energy_offset"], v["energy_clip_min"],
+                                                     v["energy_clip_max"]))
 
 
 class RewasModel:
@@ -297,6 +274,7 @@ class RewasModel:
 
     def _parse(self, r: Any):
         """One Triton request -> (GenerationOptions, a pipeline Request or a _VideoJob)."""
+        from rewas_rt.options import OPTIONS
         from rewas_rt.pipeline import Request
 
         prompt_in = self._input(r, "PROMPT")
@@ -305,9 +283,8 @@ class RewasModel:
         prompt = _text("PROMPT", prompt_in)
         self.pipeline.tokenizer.ids(prompt)  # rejects an empty prompt
         seed_in = self._input(r, "SEED")
-        seed = int(_scalar("SEED", seed_in)) if seed_in is not None else secrets.randbelow(2**31)
-        if seed < 0:
-            raise InputError(f"SEED must be >= 0, got {seed}")
+        seed = OPTIONS["seed"].parse(_scalar("SEED", seed_in)) if seed_in is not None else None
+        seed = secrets.randbelow(2**31) if seed is None else seed
         options_in = self._input(r, "OPTIONS")
         options = parse_options(_text("OPTIONS", options_in) if options_in is not None else None)
 
@@ -327,7 +304,7 @@ class RewasModel:
             data = _scalar("VIDEO", video)
             if not isinstance(data, (bytes, bytearray)) or not data:
                 raise InputError("VIDEO must be the bytes of a video file")
-            start = float(_scalar("START", start_in)) if start_in is not None else 0.0
+            start = OPTIONS["start"].parse(_scalar("START", start_in)) if start_in is not None else 0.0
             duration = float(_scalar("DURATION", duration_in)) if duration_in is not None else None
             return options, _VideoJob(prompt, seed, bytes(data), start, duration, energy)
         if frames is not None:
