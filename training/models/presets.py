@@ -62,7 +62,8 @@ def tiny() -> dict[str, ModelConfig]:
 
 
 DEMO_VOCAB_SIZE = 384  # upper bound for the byte-level BPE fitted to the synthetic captions
-_DEMO_UNET = dict(model_channels=32, channel_mult=[1, 2, 2, 2], num_res_blocks=1, num_head_channels=32)
+_DEMO_UNET = dict(model_channels=32, channel_mult=[1, 2, 2, 2], num_res_blocks=1, num_head_channels=32,
+                  attention_resolutions=[8, 4])
 _DEMO_WIDTH = 32  # Synchformer embed_dim = φ width
 
 
