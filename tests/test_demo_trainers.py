@@ -134,3 +134,17 @@ def test_audio_losses_match_the_runtime_log_mel():
     x = torch.from_numpy(w)[None]
     assert multi_resolution_stft_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
     assert multi_resolution_stft_loss(0.5 * x, x).item() > 0.1
+
+
+def test_adapter_config_derived_from_the_unet_when_the_folder_has_none():
+    from training.models import presets
+    from training.train_adapter import adapter_config
+
+    class NoAdapter:
+        def config(self, component):
+            raise KeyError(component)
+
+    unet = presets.preset("demo")["unet"]
+    a = adapter_config(NoAdapter(), unet)
+    assert (a.model_channels, a.channel_mult, a.attention_resolutions, a.legacy) == (
+        unet.model_channels, unet.channel_mult, unet.attention_resolutions, unet.legacy)

@@ -54,8 +54,8 @@ STAGES: dict[str, dict] = {
                 "components": {"adapter": "step"}, "checkpoints": True},
 }
 # Recommended sampling of the demo model, written into its manifest (rewas-rt uses them unless
-# overridden). Fewer steps than the released 200: measured, see training/DEMO.md.
-SAMPLING = {"steps": 50, "guidance": 3.0, "eta": 1.0}
+# overridden). Fewer steps than the released 200 (CPU time; see training/DEMO.md for what was measured).
+SAMPLING = {"steps": 20, "guidance": 3.0, "eta": 1.0}
 
 
 def stage_done(run: Path) -> bool:

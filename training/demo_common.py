@@ -31,8 +31,10 @@ def main(argv, trainer: str, doc: str, defaults: dict, run: Callable[..., dict],
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"done: step {result['step']}, loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}; "
-          + summary(result))
+    losses = (f", loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}"
+              if result.get("first_loss") is not None else "")
+    state = "done" if result.get("complete") else "stopped (time budget; --resume continues)"
+    print(f"{state}: step {result['step']}{losses}; " + summary(result))
     return 0
 
 
