@@ -1,6 +1,7 @@
 """Measured quality of the built-in demo model on the held-out test split (the README table).
 
     python benchmarks/demo_quality.py --data runs/demo/data/manifest.jsonl --json benchmarks/results/demo-quality.json
+    # or in two processes: --shard 0 2 --json a.json & --shard 1 2 --json b.json; then --merge a.json b.json --json ...
 
 Runs the NumPy runtime (``rewas_rt.pipeline.Pipeline``, ONNX Runtime CPU) on every test clip
 (fixed seeds: clip i uses seed i) and scores with ``benchmarks/quality.py``:
@@ -86,7 +87,7 @@ def sane(w: np.ndarray) -> bool:
 
 
 def evaluate(engines: str | Path, manifest: Path, steps: int | None = None, guidance: float | None = None,
-             eta: float | None = None, limit: int | None = None, log=print) -> dict:
+             eta: float | None = None, limit: int | None = None, shard: tuple[int, int] = (0, 1), log=print) -> dict:
     from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
     from rewas_rt.video import load_video
 
@@ -101,10 +102,13 @@ def evaluate(engines: str | Path, manifest: Path, steps: int | None = None, guid
     rows, test_w, test_y = read_split(manifest, "test")
     if limit:
         rows, test_w, test_y = rows[:limit], test_w[:limit], test_y[:limit]
+    k, n = shard
+    seeds = [i for i in range(len(rows)) if i % n == k]  # seed = the clip's index in the whole split
+    rows, test_w, test_y = [rows[i] for i in seeds], test_w[seeds], test_y[seeds]
     log(f"{len(rows)} test clips; classifier fitted on {len(train_w)} train windows; "
         f"DDIM {opts.steps} steps, guidance {opts.guidance}, eta {opts.eta}")
     per_clip = []
-    for i, (r, wave, y) in enumerate(zip(rows, test_w, test_y)):
+    for i, r, wave, y in zip(seeds, rows, test_w, test_y):
         path = manifest.parent / r["video"]
         clip = load_video(path, 0.0)
         gray, fps = Q.read_video_frames(path)
@@ -131,18 +135,25 @@ def evaluate(engines: str | Path, manifest: Path, steps: int | None = None, guid
             "sane": all(sane(w) for w in (video, flat, control, swapped)),
         }
         per_clip.append(rec)
-        log(f"[{i + 1}/{len(rows)}] {r['id']} {r['label']:7s} r {rec['energy_r']:+.2f} (flat {rec['energy_r_flat']:+.2f}) "
+        log(f"[clip {i}] {r['id']} {r['label']:7s} r {rec['energy_r']:+.2f} (flat {rec['energy_r_flat']:+.2f}) "
             f"control {rec['control_r']:+.2f} av {rec['av_align']:.2f}/{rec['av_align_true']:.2f} "
             f"class {rec['class_pred']} swap->{rec['swap_pred']} ({swap})")
-    recon = reconstruction(pipe, test_w)
+    for rec, w, y, lab in zip(per_clip, test_w, test_y, reconstruction(pipe, test_w)):
+        rec.update(lab)
+        rec["real_pred"] = CLASSES[int(clf.predict(features(w)[None])[0])]
+    return finish({"engines": str(engines), "model": pipe.dir.manifest.get("model", {}).get("name"),
+                   "sampling": {"steps": opts.steps, "guidance": opts.guidance, "eta": opts.eta},
+                   "seconds": time.perf_counter() - t0, "clips": per_clip})
+
+
+def finish(result: dict) -> dict:
+    """Add the summary over ``result["clips"]`` (also after merging shards)."""
+    per_clip = sorted(result["clips"], key=lambda c: c["id"])
     summary = summarize(per_clip)
-    summary.update(recon)
-    summary["classifier_test_acc_real_audio"] = float(np.mean(clf.predict(np.stack([features(w) for w in test_w]))
-                                                              == test_y))
-    return {"engines": str(engines), "model": pipe.dir.manifest.get("model", {}).get("name"),
-            "sampling": {"steps": opts.steps, "guidance": opts.guidance, "eta": opts.eta},
-            "test_clips": len(per_clip), "seconds": time.perf_counter() - t0, "summary": summary,
-            "targets": TARGETS, "clips": per_clip}
+    for k in ("vae_recon_logmel_l1", "vocoder_recon_logmel_l1", "vae_vocoder_recon_logmel_l1"):
+        summary[k] = float(np.mean([c[k] for c in per_clip]))
+    summary["classifier_test_acc_real_audio"] = float(np.mean([c["real_pred"] == c["label"] for c in per_clip]))
+    return {**result, "clips": per_clip, "test_clips": len(per_clip), "summary": summary, "targets": TARGETS}
 
 
 def summarize(per_clip: list[dict]) -> dict:
@@ -164,20 +175,19 @@ def summarize(per_clip: list[dict]) -> dict:
     return s
 
 
-def reconstruction(pipe, waves: np.ndarray) -> dict:
-    vae_l1, voc_l1, both_l1 = [], [], []
+def reconstruction(pipe, waves: np.ndarray) -> list[dict]:
+    out = []
     for w in waves:
         lm = E.log_mel(w).astype(np.float32)  # w is normalised already
         moments = pipe._run("vae_encoder", mel=lm[None, None])
         z = pipe.dir.scale_factor * moments[:, :C.LATENT_SHAPE[0]]
         rec = pipe._run("vae_decoder", latent=np.ascontiguousarray(z))[0, 0]
-        vae_l1.append(float(np.mean(np.abs(rec - lm))))
         voc = pipe._run("vocoder", mel=np.ascontiguousarray(lm.T[None]))[0, 0, :C.WAVE_SAMPLES]
-        voc_l1.append(float(np.mean(np.abs(E.log_mel(E.normalize_wav(voc)) - lm))))
         both = pipe._run("vocoder", mel=np.ascontiguousarray(rec.T[None]))[0, 0, :C.WAVE_SAMPLES]
-        both_l1.append(float(np.mean(np.abs(E.log_mel(E.normalize_wav(both)) - lm))))
-    return {"vae_recon_logmel_l1": float(np.mean(vae_l1)), "vocoder_recon_logmel_l1": float(np.mean(voc_l1)),
-            "vae_vocoder_recon_logmel_l1": float(np.mean(both_l1))}
+        out.append({"vae_recon_logmel_l1": float(np.mean(np.abs(rec - lm))),
+                    "vocoder_recon_logmel_l1": float(np.mean(np.abs(E.log_mel(E.normalize_wav(voc)) - lm))),
+                    "vae_vocoder_recon_logmel_l1": float(np.mean(np.abs(E.log_mel(E.normalize_wav(both)) - lm)))})
+    return out
 
 
 def table(result: dict) -> str:
@@ -219,14 +229,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float)
     p.add_argument("--eta", type=float)
     p.add_argument("--limit", type=int, help="first N test clips only")
+    p.add_argument("--shard", type=int, nargs=2, metavar=("K", "N"), default=(0, 1),
+                   help="only clips with index %% N == K (run N processes, then --merge their JSONs)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="merge shard results instead of running")
     p.add_argument("--json", type=Path, help="write all results here")
     args = p.parse_args(argv)
-    engines = args.engines
-    if engines == "demo":
-        from rewas_rt.builtin import demo_engine_dir
+    if args.merge:
+        parts = [json.loads(f.read_text()) for f in args.merge]
+        result = finish({**parts[0], "clips": [c for part in parts for c in part["clips"]],
+                         "seconds": sum(part["seconds"] for part in parts)})
+    else:
+        engines = args.engines
+        if engines == "demo":
+            from rewas_rt.builtin import demo_engine_dir
 
-        engines = demo_engine_dir()
-    result = evaluate(engines, args.data, args.steps, args.guidance, args.eta, args.limit)
+            engines = demo_engine_dir()
+        result = evaluate(engines, args.data, args.steps, args.guidance, args.eta, args.limit, tuple(args.shard))
     print(table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
