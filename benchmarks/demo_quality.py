@@ -141,7 +141,7 @@ def evaluate(engines: str | Path, manifest: Path, steps: int | None = None, guid
     for rec, w, y, lab in zip(per_clip, test_w, test_y, reconstruction(pipe, test_w)):
         rec.update(lab)
         rec["real_pred"] = CLASSES[int(clf.predict(features(w)[None])[0])]
-    return finish({"engines": str(engines), "model": pipe.dir.manifest.get("model", {}).get("name"),
+    return finish({"engines": str(engines), "model": pipe.dir.manifest.model.name,
                    "sampling": {"steps": opts.steps, "guidance": opts.guidance, "eta": opts.eta},
                    "seconds": time.perf_counter() - t0, "clips": per_clip})
 

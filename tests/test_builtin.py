@@ -44,7 +44,7 @@ def test_shipped_engine_dir_verifies_and_recommends_sampling():
     from rewas_rt.manifest import open_engine_dir
 
     d = open_engine_dir(builtin.demo_engine_dir(), checksums=True)
-    assert d.manifest["model"]["name"] == "demo"
+    assert d.manifest.model.name == "demo"
     s = d.sampling_defaults
     assert 1 <= s["steps"] < 200 and s["guidance"] > 1 and 0 <= s["eta"] <= 1
     size = sum(f.stat().st_size for f in builtin.demo_engine_dir().iterdir() if f.is_file())
