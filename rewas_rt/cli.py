@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import dataclasses
 import logging
 import os
@@ -251,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     _clip_arguments(inf)
     for name in ("steps", "guidance", "eta"):  # default: the engine directory's manifest
         inf.add_argument(f"--{name}", **{**_opt(name), "default": None,
-                                         "help": _opt(name)["help"] + " (default: the model's manifest; released model "
+                                         "help": re.sub(r" \(default [^)]*\)", "", _opt(name)["help"]) + " (default: the model's manifest; released model "
                                                  f"{ {'steps': C.DDIM_STEPS, 'guidance': C.GUIDANCE, 'eta': C.ETA}[name]})"})
     inf.add_argument("--seed", **_opt("seed"))
     inf.add_argument("--candidates", **_opt("candidates"))  # files numbered .0, .1, …
