@@ -290,7 +290,7 @@ def build(args) -> Path:
         ),
         graphs=graphs,
         dynamic_axes={k: list(v) for k, v in DYNAMIC_AXES.items()},
-        scheduler=S.scheduler_section(),
+        scheduler=S.scheduler_section(*args.sampling_defaults),
         vae=S.vae_section(source.scale_factor),
         audio=S.audio_section(),
         video=S.video_section(source.feature_dim),
@@ -335,6 +335,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--headroom", type=float, default=4.0, help="FP16 check: activations must stay below 65504/headroom")
     p.add_argument("--tolerance", type=float, default=1e-4, help="ONNX vs PyTorch, relative to max|output|")
     p.add_argument("--engine-tolerance", type=float, default=2e-2, help="TensorRT FP16 vs ONNX Runtime, relative")
+    p.add_argument("--sampling", nargs=3, metavar=("STEPS", "GUIDANCE", "ETA"),
+                   help="recommended sampling written into the manifest (default: the original's "
+                        "DDIM 200 steps, guidance 3, eta 1); rewas-rt uses it unless overridden")
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder workspace limit")
     p.add_argument("--trt-typing", choices=("strong", "weak"), default="strong",
                    help="strong (default; TensorRT 10 and 11): engines from the FP16 graphs; weak (TensorRT 10 only): "
@@ -381,6 +384,15 @@ def parse_args(argv: list[str] | None):
                 "(the RoBERTa tokenizer folder: tokenizer.json, or vocab.json + merges.txt)")
     if args.tokenizer is not None and not args.tokenizer.is_dir():
         p.error(f"--tokenizer {args.tokenizer}: no such folder")
+    args.sampling_defaults = ()
+    if args.sampling:
+        try:
+            steps, guidance, eta = int(args.sampling[0]), float(args.sampling[1]), float(args.sampling[2])
+        except ValueError:
+            p.error(f"--sampling {' '.join(args.sampling)}: STEPS (integer) GUIDANCE ETA (numbers)")
+        if not (1 <= steps <= 1000 and guidance >= 0 and 0 <= eta <= 1):
+            p.error("--sampling: STEPS in 1..1000, GUIDANCE >= 0, ETA in [0, 1]")
+        args.sampling_defaults = (steps, eta, guidance)  # scheduler_section's order
     words = ["python", "export/build_engines.py"]
     if args.checkpoints:
         words += ["--checkpoints", str(args.checkpoints)]
@@ -388,6 +400,8 @@ def parse_args(argv: list[str] | None):
         words += ["--config", args.config, "--random-weights"] + (["--seed", str(args.seed)] if args.seed else [])
     if args.tokenizer:
         words += ["--tokenizer", str(args.tokenizer)]
+    if args.sampling:
+        words += ["--sampling", *args.sampling]
     words += ["--out", str(args.out)]
     args.command_line = shlex.join(words)
     return args
