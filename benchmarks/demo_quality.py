@@ -221,6 +221,10 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/demo_quality.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--engines", default="demo", help="engine directory (default: the built-in demo model)")

@@ -129,6 +129,10 @@ def table(results: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="serve_load.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--engines", type=Path, required=True, help="engine directory (e.g. the tiny one)")

@@ -94,6 +94,10 @@ def command(stage: str, root: Path, extra: list[str]) -> list[str]:
     return cmd
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for data, runs, checkpoints and engines")

@@ -156,6 +156,10 @@ def run(cfg: dict, out: Path, args=None, log=print) -> dict:
                         also={"audio_tower": (audio, None), "temperature": (temp, None)})
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     return demo_main(argv, "clap", __doc__, DEFAULTS, run, val_summary)
 

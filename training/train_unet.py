@@ -123,6 +123,10 @@ def run(cfg: dict, out: Path, args=None, log=print) -> dict:
                         f"crops of {crop} latent frames, cfg dropout {u['cfg_dropout']}")
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     return demo_main(argv, "unet", __doc__, DEFAULTS, run, val_summary)
 

@@ -115,6 +115,10 @@ def finalize(out: Path, model: VAE, mels: torch.Tensor, n: int, meta: dict, log=
     return scale
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     return demo_main(argv, "vae", __doc__, DEFAULTS, run, val_summary)
 

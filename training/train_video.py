@@ -111,6 +111,10 @@ def run(cfg: dict, out: Path, args=None, log=print) -> dict:
                         also={"synchformer": (enc, sf_cfg)})
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     return demo_main(argv, "video", __doc__, DEFAULTS, run, val_summary)
 

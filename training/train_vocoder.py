@@ -79,6 +79,10 @@ def run(cfg: dict, out: Path, args=None, log=print) -> dict:
                         f"crops of {crop} frames, mel L1 + {v['stft_weight']}·MR-STFT")
 
 
+from rewas_rt.errors import cli_main  # noqa: E402
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     return demo_main(argv, "vocoder", __doc__, DEFAULTS, run, val_summary)
 
