@@ -315,7 +315,7 @@ def build(args) -> Path:
         ),
         graphs=graphs,
         dynamic_axes={k: list(v) for k, v in DYNAMIC_AXES.items()},
-        scheduler=S.scheduler_section(),
+        scheduler=S.scheduler_section(*args.sampling_defaults),
         vae=S.vae_section(source.scale_factor),
         audio=S.audio_section(),
         video=S.video_section(source.feature_dim),
@@ -364,6 +364,9 @@ def parse_args(argv: list[str] | None):
                    help="also write opt-in INT8 variants of these graphs for the CPU (synchformer,unet_adapter)")
     p.add_argument("--int8-mode", choices=("dynamic", "static"), default="dynamic",
                    help="INT8: dynamic (weights only calibrated-free) or static QDQ calibrated on generated inputs")
+    p.add_argument("--sampling", nargs=3, metavar=("STEPS", "GUIDANCE", "ETA"),
+                   help="recommended sampling written into the manifest (default: the original's "
+                        "DDIM 200 steps, guidance 3, eta 1); rewas-rt uses it unless overridden")
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder workspace limit")
     p.add_argument("--trt-typing", choices=("strong", "weak"), default="strong",
                    help="strong (default; TensorRT 10 and 11): engines from the FP16 graphs; weak (TensorRT 10 only): "
@@ -419,6 +422,15 @@ def parse_args(argv: list[str] | None):
                 "(the RoBERTa tokenizer folder: tokenizer.json, or vocab.json + merges.txt)")
     if args.tokenizer is not None and not args.tokenizer.is_dir():
         p.error(f"--tokenizer {args.tokenizer}: no such folder")
+    args.sampling_defaults = ()
+    if args.sampling:
+        try:
+            steps, guidance, eta = int(args.sampling[0]), float(args.sampling[1]), float(args.sampling[2])
+        except ValueError:
+            p.error(f"--sampling {' '.join(args.sampling)}: STEPS (integer) GUIDANCE ETA (numbers)")
+        if not (1 <= steps <= 1000 and guidance >= 0 and 0 <= eta <= 1):
+            p.error("--sampling: STEPS in 1..1000, GUIDANCE >= 0, ETA in [0, 1]")
+        args.sampling_defaults = (steps, eta, guidance)  # scheduler_section's order
     words = ["python", "export/build_engines.py"]
     if args.checkpoints:
         words += ["--checkpoints", str(args.checkpoints)]
@@ -428,6 +440,8 @@ def parse_args(argv: list[str] | None):
         words += ["--tokenizer", str(args.tokenizer)]
     if args.int8:
         words += ["--int8", ",".join(args.int8), "--int8-mode", args.int8_mode]
+    if args.sampling:
+        words += ["--sampling", *args.sampling]
     words += ["--out", str(args.out)]
     args.command_line = shlex.join(words)
     return args

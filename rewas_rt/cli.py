@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import dataclasses
 import logging
 import os
@@ -16,7 +17,6 @@ from rewas_rt.atomic import atomic_paths
 from rewas_rt.errors import OutputError, RewasError, cli_main
 from rewas_rt.options import OPTIONS
 
-DEFAULT_ENGINES = os.environ.get("REWAS_ENGINES", "engines")
 
 
 def _say(args: argparse.Namespace, msg: str) -> None:
@@ -123,19 +123,21 @@ def _infer(args: argparse.Namespace) -> int:
                             fade="equal-power" if args.join == "crossfade" else "linear")
     request = VideoRequest(prompt=args.prompt, seed=0, video=video_path, start=args.start, duration=args.duration)
     plan = plan_clip(request, windows)  # a bad video or clip fails here, before the engines load
-    pipe = Pipeline(args.engines, backend=args.backend, threads=args.threads, checksums=not args.skip_checksums,
+    engines = _engines(args)
+    pipe = Pipeline(engines, backend=args.backend, threads=args.threads, checksums=not args.skip_checksums,
                     int8=int8_graphs(args.int8))
-    # sampler/steps/guidance interval: the flags, else the engine directory's recommendation
-    options = dataclasses.replace(options, **_sampler_settings(args, pipe.dir.recommended))
     pipe.tokenizer.ids(args.prompt)  # reject a bad prompt before the expensive work
     if args.energy_curve:
         request.energy = load_curve(args.energy_curve, frames=None)
     elif args.energy_from_audio:
         request.energy = curve_from_audio(args.energy_from_audio, start=args.start, plan=plan if len(plan) > 1 else None)
     request.seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    # The model's recommended sampling (its manifest) for what the command line left unset: guidance and
+    # eta; sampler, steps and guidance interval by _sampler_settings (another sampler: its default steps).
+    options = dataclasses.replace(options, windows=windows, **_sampler_settings(args, pipe.dir.recommended), **{
+        k: v for k, v in pipe.dir.sampling_defaults.items() if k != "steps" and getattr(args, k) is None})
     _say(args, f"generating {plan.frames / C.FPS:.2f} s ({len(plan)} window{'s' * (len(plan) > 1)}) "
                f"on {pipe.backend.name} with seed {request.seed} ({options.sampler}, {options.steps} steps)")
-    options = dataclasses.replace(options, windows=windows)
     result = pipe.generate_video(request, options, progress=_Progress(not args.quiet))
 
     # Every output of the request goes to a temporary name first; they are published together
@@ -170,12 +172,29 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _generation_options(args: argparse.Namespace):
-    """The validated GenerationOptions of `infer`'s arguments (rewas_rt.options)."""
+    """The validated GenerationOptions of `infer`'s arguments (rewas_rt.options). Unset
+    --steps/--guidance/--eta are checked at the released defaults here and replaced by the
+    engine directory's recommendation once it is open."""
     from rewas_rt.options import GenerationOptions, energy_edit
 
     edit = energy_edit(args.energy_scale, args.energy_offset, *(args.energy_clip or (None, None)))
-    return GenerationOptions(**_sampler_settings(args, None), guidance=args.guidance, eta=args.eta,
-                             candidates=args.candidates, hint_from_mean=args.hint_mean, energy_edit=edit)
+    given = {k: getattr(args, k) for k in ("guidance", "eta") if getattr(args, k) is not None}
+    return GenerationOptions(**_sampler_settings(args, None), **given, candidates=args.candidates,
+                             hint_from_mean=args.hint_mean, energy_edit=edit)
+
+
+def _engines(args: argparse.Namespace) -> Path:
+    """The engine directory to use (``rewas_rt.builtin.resolve_engines``); says so when it is the built-in one."""
+    from rewas_rt.builtin import BUILTIN_NOTE, demo_engine_dir, resolve_engines
+
+    engines, why = resolve_engines(args.engines)
+    if engines == demo_engine_dir():
+        if not (engines / "manifest.json").is_file():
+            raise RewasError(f"the built-in demo model is missing from this installation ({engines}); "
+                             "reinstall rewas-rt or pass --engines DIR")
+        if why == "built-in":
+            _say(args, BUILTIN_NOTE)
+    return engines
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -185,18 +204,28 @@ def _info(args: argparse.Namespace) -> int:
     print(f"rewas-rt {__version__}")
     print(f"audio: {C.SAMPLE_RATE} Hz, {C.N_MELS} mel bins, hop {C.HOP}, window {C.WINDOW_SECONDS} s")
     print(f"video: {C.FPS} fps, {C.FRAMES} frames, {C.SEGMENTS} segments of {C.SEGMENT_LEN} frames")
-    print(f"sampler defaults: DDIM {C.DDIM_STEPS} steps, guidance {C.GUIDANCE}, eta {C.ETA}")
+    print(f"released model's sampling: DDIM {C.DDIM_STEPS} steps, guidance {C.GUIDANCE}, eta {C.ETA}")
     print("backends:")
     for name, (ok, reason) in backend_status().items():
         print(f"  {name:22s} {'yes' if ok else 'no '}  {reason}")
-    engines = Path(args.engines)
+    from rewas_rt.builtin import demo_engine_dir, resolve_engines
+
+    demo = demo_engine_dir()
+    if (demo / "manifest.json").is_file():
+        size = sum(f.stat().st_size for f in demo.iterdir() if f.is_file())
+        print(f"built-in: demo model in {demo} ({size / 2**20:.1f} MiB; --engines demo)")
+    else:
+        print(f"built-in: demo model missing from this installation ({demo})")
+    engines, why = resolve_engines(args.engines)
     if not (engines / "manifest.json").is_file():
         print(f"engines: none in {engines} (build them: python export/build_engines.py --out {engines})")
         print(RELEASE_HINT)
         return 0
     d = open_engine_dir(engines, checksums=False)
     m = d.manifest
-    print(f"engines: {engines} (model {m.model.name}, built {m.created})")
+    s = d.sampling_defaults
+    print(f"engines: {engines} [{why}] (model {m.model.name}, built {m.created}; "
+          f"sampling DDIM {s['steps']} steps, guidance {s['guidance']:g}, eta {s['eta']:g})")
     for name, g in m.graphs.items():
         e = g.engine
         plan = (f"TensorRT {e.precision}" + (f" ({e.typing}ly typed)" if e.typing else "")) if e \
@@ -232,7 +261,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     common = _Parser(add_help=False)
-    common.add_argument("--engines", default=DEFAULT_ENGINES, help="engine directory (default: $REWAS_ENGINES or ./engines)")
+    common.add_argument("--engines", help="engine directory, or 'demo' for the built-in demo model (default: "
+                        "$REWAS_ENGINES, else ./engines if it has a manifest.json, else the built-in demo model)")
     common.add_argument("-v", "--verbose", action="store_true", help="log the backend choice and per-stage timings")
     common.add_argument("-q", "--quiet", action="store_true", help="print errors only")
 
@@ -243,15 +273,14 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("--mux", metavar="OUT", help="also write the video with the generated track (.mp4/.mov/.mkv)")
     _clip_arguments(inf)
     inf.add_argument("--sampler", **{**_opt("sampler"), "default": None})
-    inf.add_argument("--steps", **{**_opt("steps"), "default": None,
-                                   "help": f"sampler steps (default: the recommendation; DDIM {C.DDIM_STEPS}); "
-                                           "DDIM counts its uniform schedule cannot run are refused"})
+    for name in ("steps", "guidance", "eta"):  # default: the engine directory's manifest
+        inf.add_argument(f"--{name}", **{**_opt(name), "default": None,
+                                         "help": re.sub(r" \(default [^)]*\)", "", _opt(name)["help"]) + " (default: the model's manifest; released model "
+                                                 f"{ {'steps': C.DDIM_STEPS, 'guidance': C.GUIDANCE, 'eta': C.ETA}[name]})"})
     inf.add_argument("--guidance-interval", type=OPTIONS["guidance_interval_low"].arg_type("guidance_interval"),
                      nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"),
                      help="apply guidance only at noise levels sigma in (LO, HI], one model branch elsewhere "
                           "(sigma = sqrt((1-abar)/abar): 0.055 at t=1 … 81 at t=996; default: everywhere)")
-    inf.add_argument("--guidance", **_opt("guidance"))
-    inf.add_argument("--eta", **_opt("eta"))
     inf.add_argument("--seed", **_opt("seed"))
     inf.add_argument("--candidates", **_opt("candidates"))  # files numbered .0, .1, …
     inf.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime-{tensorrt,cuda,cpu}")

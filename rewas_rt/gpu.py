@@ -7,6 +7,7 @@ the CUDA bindings are imported lazily, here only.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 
@@ -39,13 +40,31 @@ def cuda_call(cudart, what: str, result):
     return values[0] if len(values) == 1 else None
 
 
+def _visible_gpu(device_id: int) -> str | None:
+    """The GPU CUDA calls ``device_id``, as ``nvidia-smi --id`` names it: the index itself without
+    ``CUDA_VISIBLE_DEVICES``, else that entry of the list (an index, ``GPU-<uuid>`` or ``MIG-<uuid>``);
+    None when the variable hides it (empty, too short, or an entry CUDA rejects, e.g. -1).
+    An index counts in CUDA's order, nvidia-smi's is the PCI bus order; they agree with
+    CUDA_DEVICE_ORDER=PCI_BUS_ID (and on machines whose GPUs are all of one kind)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return str(device_id)
+    entries = [e.strip() for e in value.split(",")]
+    if device_id >= len(entries):
+        return None
+    entry = entries[device_id]
+    return entry if entry.isdigit() or entry.startswith(("GPU-", "MIG-")) else None
+
+
 def _smi(device_id: int) -> tuple[str, str] | None:
-    """(compute capability, name) of a GPU from nvidia-smi, where cuda-python is missing."""
+    """(compute capability, name) of a GPU from nvidia-smi, where cuda-python is missing
+    (honours ``CUDA_VISIBLE_DEVICES``)."""
     exe = shutil.which("nvidia-smi")
-    if exe is None:
+    gpu = _visible_gpu(device_id)
+    if exe is None or gpu is None:
         return None
     try:
-        out = subprocess.run([exe, "--query-gpu=compute_cap,name", "--format=csv,noheader", f"--id={device_id}"],
+        out = subprocess.run([exe, f"--id={gpu}", "--query-gpu=compute_cap,name", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         return None
@@ -82,7 +101,8 @@ def probe(device_id: int = 0) -> tuple[bool, str, dict[str, str]]:
     except BackendError as e:
         return False, str(e), {}
     except Exception as e:  # noqa: BLE001 - no driver, a broken install: simply no GPU
-        return False, f"no usable CUDA GPU ({type(e).__name__}: {e})", {}
+        first = str(e).splitlines()[0] if str(e) else ""
+        return False, f"CUDA is not usable here (no NVIDIA driver? {type(e).__name__}: {first})", {}
     gpu = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
     target = {"version": str(trt.__version__), "compute_capability": f"{prop.major}.{prop.minor}", "gpu": gpu}
     return True, f"TensorRT {trt.__version__} on {gpu} (compute capability {prop.major}.{prop.minor})", target

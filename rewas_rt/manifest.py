@@ -634,6 +634,12 @@ class EngineDirectory:
         return self.manifest.scheduler.recommended
 
     @property
+    def sampling_defaults(self) -> dict[str, float]:
+        """The model's recommended sampling: {"steps", "guidance", "eta"} (the scheduler section)."""
+        s = self.manifest.scheduler
+        return {"steps": int(s.default_steps), "guidance": float(s.guidance), "eta": float(s.eta)}
+
+    @property
     def has_engines(self) -> bool:
         return all(g.engine is not None for g in self.manifest.graphs.values())
 

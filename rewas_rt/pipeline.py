@@ -31,7 +31,7 @@ from rewas_rt.energy_control import EnergyEdit
 from rewas_rt.errors import InputError, RewasError
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
 from rewas_rt.latent import scaled_latent
-from rewas_rt.manifest import open_engine_dir, plan_mismatch
+from rewas_rt.manifest import EngineDirectory, open_engine_dir, plan_mismatch
 from rewas_rt.options import GenerationOptions  # its home is rewas_rt.options; kept importable from here
 from rewas_rt.samplers import model_calls, sample_with
 from rewas_rt.timings import TimingHook, Timings  # noqa: F401 - part of the pipeline's API
@@ -100,13 +100,26 @@ class Pipeline:
         int8: graphs whose opt-in INT8 variant to run (ONNX Runtime CPU; ``build_engines --int8``)."""
         listed = open_engine_dir(engine_dir, backend="onnx", checksums=False)
         if isinstance(backend, Backend):
-            self.backend = backend
+            chosen = backend
         else:
-            self.backend = select_backend(backend, has_plans=listed.has_engines, threads=threads,
-                                          plans_for=lambda target: plan_mismatch(listed.manifest, target))
-        is_trt = self.backend.name == "tensorrt"
-        self.dir = open_engine_dir(engine_dir, backend="tensorrt" if is_trt else "onnx", checksums=checksums,
-                                   tensorrt=self.backend.target() if is_trt else None)
+            chosen = select_backend(backend, has_plans=listed.has_engines, threads=threads,
+                                    plans_for=lambda target: plan_mismatch(listed.manifest, target))
+        is_trt = chosen.name == "tensorrt"
+        self._setup(open_engine_dir(engine_dir, backend="tensorrt" if is_trt else "onnx", checksums=checksums,
+                                    tensorrt=chosen.target() if is_trt else None), chosen, timing_hook)
+
+    @classmethod
+    def from_backend(cls, directory: EngineDirectory, backend: Backend,
+                     timing_hook: TimingHook | None = None) -> "Pipeline":
+        """A pipeline on an already opened directory and a backend object whose engines live
+        elsewhere than the directory, e.g. the Triton BLS backend (``rewas_rt.triton``)."""
+        self = cls.__new__(cls)
+        self._setup(directory, backend, timing_hook)
+        return self
+
+    def _setup(self, directory: EngineDirectory, backend: Backend, timing_hook: TimingHook | None) -> None:
+        self.backend = backend
+        self.dir = directory
         self.tokenizer = PromptTokenizer(self.dir.tokenizer_path)
         # Opt-in INT8 variants (export/quantize.py), ONNX Runtime CPU only; FP32 otherwise.
         self.int8 = tuple(dict.fromkeys(int8))

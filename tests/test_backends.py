@@ -410,8 +410,10 @@ def test_tensorrt_provider_options_cover_the_contract_profile(tmp_path):
 
 def test_tensorrt_probe_says_why_instead_of_raising_without_a_driver(monkeypatch):
     """cuda-python 12.6.x raises from cudaGetDeviceCount when libcuda.so.1 is missing."""
-    monkeypatch.setattr(trt_backend, "_imports", lambda: (fake.FakeTrt, fake.FakeCudart(missing_driver=True)))
-    trt_backend._probe.cache_clear()
+    from rewas_rt import gpu
+
+    monkeypatch.setattr(gpu, "cuda_imports", lambda: (fake.FakeTrt, fake.FakeCudart(missing_driver=True)))
+    trt_backend._probe.cache_clear()  # the one probe: rewas_rt.gpu.probe
     try:
         ok, why = trt_backend.TensorRTBackend().available()
         assert not ok and "CUDA is not usable here" in why and "RuntimeError: Failed to dlopen libcuda.so.1" in why
@@ -552,15 +554,18 @@ def test_automatic_choice_skips_plans_for_another_tensorrt_or_gpu(monkeypatch, c
 
     target = {"version": "10.8.0", "compute_capability": "8.9", "gpu": "L4"}
     monkeypatch.setattr(trt_backend, "_probe", lambda device_id: (True, "fake TensorRT", target))
-    eng = {"tensorrt_version": "10.3.0", "compute_capability": "8.9"}
-    m = {"graphs": {g: {"engine": dict(eng)} for g in GRAPHS}}
+    def manifest(version):  # the fields plan_mismatch reads of a typed manifest
+        eng = types.SimpleNamespace(tensorrt_version=version, compute_capability="8.9")
+        return types.SimpleNamespace(graphs={g: types.SimpleNamespace(engine=eng) for g in GRAPHS})
+
+    m = manifest("10.3.0")
     why = plan_mismatch(m, target)
     assert why == ("the engines were built with TensorRT 10.3.0 for compute capability 8.9, this machine has "
                    "TensorRT 10.8.0 and compute capability 8.9")
     with caplog.at_level(logging.INFO, logger="rewas_rt"):
         chosen = select_backend(None, has_plans=True, plans_for=lambda t: plan_mismatch(m, t))
     assert chosen.name != "tensorrt" and f"tensorrt: {why} (rebuild the engines on this machine" in caplog.text
-    m_ok = {"graphs": {g: {"engine": {"tensorrt_version": "10.8.0", "compute_capability": "8.9"}} for g in GRAPHS}}
+    m_ok = manifest("10.8.0")
     assert plan_mismatch(m_ok, target) is None
     assert select_backend(None, has_plans=True, plans_for=lambda t: plan_mismatch(m_ok, t)).name == "tensorrt"
 
@@ -668,7 +673,7 @@ def test_tensorrt_provider_fp16_flag_never_overrides_fp32_nodes(toy_onnx, tmp_pa
 
 
 def test_nvidia_smi_fallback_honours_cuda_visible_devices(tmp_path, monkeypatch):
-    from rewas_rt import manifest as M
+    from rewas_rt import gpu
 
     smi = tmp_path / "nvidia-smi"
     smi.write_text('#!/bin/sh\ncase "$1" in\n  --id=0) echo "8.0, NVIDIA A100" ;;\n  --id=1) echo "9.0, NVIDIA H100" ;;\n'
@@ -676,8 +681,8 @@ def test_nvidia_smi_fallback_honours_cuda_visible_devices(tmp_path, monkeypatch)
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert M._compute_capability_smi() == ("8.0", "NVIDIA A100")
+    assert gpu._smi(0) == ("8.0", "NVIDIA A100")
     for value, want in (("1", ("9.0", "NVIDIA H100")), ("1,0", ("9.0", "NVIDIA H100")),
                         ("GPU-abc", ("8.9", "NVIDIA L4")), ("", None), ("-1", None), ("7", None)):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
-        assert M._compute_capability_smi() == want, value
+        assert gpu._smi(0) == want, value

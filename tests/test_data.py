@@ -47,7 +47,7 @@ def test_jsonl_and_csv_manifests(tmp_path):
 @pytest.mark.parametrize("line, message", [
     ('{"caption": "x"}', "no 'video'"),
     ('{"video": "a.mp4"}', "caption"),
-    ('{"video": "a.mp4", "caption": "x", "split": "test"}', "split"),
+    ('{"video": "a.mp4", "caption": "x", "split": "holdout"}', "split"),
     ("{not json", "not JSON"),
 ])
 def test_manifest_errors_name_the_line(tmp_path, line, message):

@@ -12,7 +12,7 @@ from rewas_rt import constants as C
 from rewas_rt import energy as E
 from rewas_rt.audio import load_audio
 from rewas_rt.video import load_video
-from tests.training_helpers import DURATION, N_CLIPS, synthetic_set
+from tests.training_helpers import CLASSES, DURATION, N_CLIPS, synthetic_set
 from training import synthetic as S
 
 HOP_S = C.HOP / C.SAMPLE_RATE
@@ -42,7 +42,7 @@ def _frames(path):
 
 def test_manifest_and_files(rows):
     assert len(rows) == N_CLIPS
-    assert {r["label"] for r in rows} == set(S.CLASSES)
+    assert {r["label"] for r in rows} == set(CLASSES)
     assert [r["split"] for r in rows] == ["train"] * 4 + ["val"] * 4  # each class in both splits
     for r in rows:
         assert r["caption"] in S.CAPTIONS[r["label"]] and r["events"]
@@ -116,3 +116,39 @@ def test_whoosh_peaks_when_the_bar_passes_the_centre(rows):
     for event in r["events"]:
         near = (t > event - 0.3) & (t < event + 0.3)
         assert abs(t[near][np.argmax(e[near])] - event) < 0.1
+
+
+def _clip_energy(clip):
+    e = E.energy_from_log_mel(E.log_mel(E.normalize_wav(clip.audio)))
+    return e, (np.arange(len(e)) * C.HOP + C.HOP // 2) / C.SAMPLE_RATE
+
+
+def test_knock_sounds_when_the_mallet_hits():
+    clip = S.make_clip("knock", 0, 4, S.SynthConfig(duration=DURATION))
+    e, t = _clip_energy(clip)
+    brightness = clip.frames.astype(np.float32).mean(axis=(1, 2, 3))  # the block flashes at each hit
+    assert clip.events
+    for event in clip.events:
+        near = (t > event - 0.06) & (t < event + 0.06)
+        assert event - HOP_S <= t[near][np.argmax(e[near])] <= event + 3 * HOP_S
+        f = round(event * C.FPS)
+        assert brightness[f] > brightness[max(0, f - 2)] + 5
+
+
+def test_hum_loudness_follows_the_carts_speed():
+    clip = S.make_clip("hum", 0, 5, S.SynthConfig(duration=DURATION))
+    e, t = _clip_energy(clip)
+    brightness = clip.frames.astype(np.float32).mean(axis=(1, 2, 3))  # headlights: the scene brightens with speed
+    frame_t = np.arange(len(clip.frames)) / C.FPS
+    assert np.corrcoef(brightness, np.interp(frame_t, t, e))[0, 1] > 0.8
+
+
+def test_splits_have_every_class_and_their_own_seeds(tmp_path):
+    m = S.generate_splits(tmp_path, {"train": 1, "test": 1}, seed=0, cfg=S.SynthConfig(duration=5.2),
+                          log=lambda _: None, classes=("beep",))
+    rows = [json.loads(line) for line in m.read_text().splitlines()]
+    assert [(r["id"], r["split"], r["label"]) for r in rows] == [("train_0000", "train", "beep"),
+                                                                 ("test_0000", "test", "beep")]
+    assert rows[0]["events"] != rows[1]["events"]
+    with pytest.raises(ValueError, match="unknown split"):
+        S.generate_splits(tmp_path, {"holdout": 1}, log=lambda _: None)

@@ -18,6 +18,7 @@ from training import trainlib
 # windows per clip: 8 train + 4 val windows in all.
 N_CLIPS = 8
 DURATION = 5.44
+CLASSES = ("impact", "beep", "rain", "whoosh")  # the first four of training.synthetic.CLASSES
 SEED = 0
 
 
@@ -28,7 +29,8 @@ def synthetic_set() -> Path:
 
     root = Path(tempfile.mkdtemp(prefix="rewas-train-tests-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return generate(root / "data", N_CLIPS, SEED, SynthConfig(duration=DURATION), log=lambda _: None)
+    return generate(root / "data", N_CLIPS, SEED, SynthConfig(duration=DURATION), log=lambda _: None,
+                    classes=CLASSES)
 
 
 def config(trainer: str, defaults: type, **overrides) -> dict:

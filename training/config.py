@@ -79,6 +79,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     overfit_batch: bool = False  # reuse one fixed batch (items, windows, noise) every step
     stop_at: int = 0  # stop (with a checkpoint) after this step, as if interrupted; 0 = run to train.steps
+    max_minutes: float = 0  # wall-clock budget of this process: stop (with a checkpoint) when spent; 0 = none
 
     def __post_init__(self):
         _choice("train.precision", self.precision, PRECISIONS)
@@ -140,3 +141,60 @@ def parse(cls: type, cfg: dict[str, Any], where: str = "config") -> dict[str, An
     """Validate a merged config dict against ``cls``; returns it normalised (ints where floats
     are expected become floats). Raises ``ConfigError`` naming every unknown/missing/mistyped key."""
     return to_json(from_json(cls, cfg, where, ConfigError))
+
+
+# --- the demo model's trainers (training.demo): one section each -------------------------------
+
+
+@dataclasses.dataclass
+class VaeSection:
+    kl_weight: float = 1e-5
+    crop_frames: int = 128  # random time crops of the log-mel (a multiple of 4)
+    hint_fraction: float = 0.25  # share of items that are energy-hint images
+    scale_windows: int = 64  # training windows the latent scale_factor is measured on
+    val_windows: int = 6
+
+
+@dataclasses.dataclass
+class VocoderSection:
+    crop_frames: int = 32
+    stft_weight: float = 1.0
+    val_windows: int = 6
+
+
+@dataclasses.dataclass
+class ClapSection:
+    audio_channels: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 64, 128])
+
+
+@dataclasses.dataclass
+class VideoSection:
+    segments: int = 4  # consecutive segments of each window per step
+
+
+@dataclasses.dataclass
+class UnetSection:
+    cfg_dropout: float = 0.1
+    crop_frames: int = 64  # latent frames (a multiple of 8)
+    val_timesteps: list[int] = dataclasses.field(default_factory=lambda: [50, 250, 500, 750, 950])
+
+
+def _demo_trainer(name: str, section: type, lr: float, batch: int, **optim) -> type:
+    fields = [
+        ("model", str, dataclasses.field(default="demo")),
+        ("seed", int, dataclasses.field(default=0)),
+        ("random_weights_seed", int, dataclasses.field(default=0)),
+        (name, section, dataclasses.field(default_factory=section)),
+        ("data", DataConfig, dataclasses.field(default_factory=DataConfig)),
+        ("optim", OptimConfig, dataclasses.field(default_factory=lambda: OptimConfig(lr=lr, **optim))),
+        ("train", TrainConfig, dataclasses.field(default_factory=lambda: TrainConfig(batch_size=batch))),
+        ("_comment", str | None, optional()),
+    ]
+    return dataclasses.make_dataclass(f"{name.capitalize()}TrainerConfig", fields)
+
+
+VaeTrainerConfig = _demo_trainer("vae", VaeSection, 4.5e-4, 4)
+VocoderTrainerConfig = _demo_trainer("vocoder", VocoderSection, 2e-4, 8, betas=[0.8, 0.99])
+ClapTrainerConfig = _demo_trainer("clap", ClapSection, 5e-4, 24)
+VideoTrainerConfig = _demo_trainer("video", VideoSection, 1e-3, 2)
+UnetTrainerConfig = _demo_trainer("unet", UnetSection, 2e-4, 8)

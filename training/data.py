@@ -4,7 +4,7 @@ Manifest (``.jsonl``, one object per line, or ``.csv`` with a header), fields:
 
 * ``video`` (required): path of the video file, relative to the manifest's folder;
 * ``caption`` (or, when absent, ``label``): the text prompt;
-* ``split``: ``train`` (default) or ``val``;
+* ``split``: ``train`` (default), ``val`` or ``test`` (held out: no trainer reads it);
 * ``start``: seconds, the validation window's start and the earliest training start (default 0);
 * ``duration``: seconds of usable media (probed with PyAV when absent);
 * ``id``: a name for logs (default: the video's file name).
@@ -116,8 +116,8 @@ def _item(row: dict, base: Path, where: str) -> Item:
     if caption is None:
         raise DataError(f"{where}: needs a 'caption' or a 'label'")
     split = row.get("split", "train")
-    if split not in ("train", "val"):
-        raise DataError(f"{where}: split {split!r} is neither 'train' nor 'val'")
+    if split not in ("train", "val", "test"):
+        raise DataError(f"{where}: split {split!r} is not 'train', 'val' or 'test'")
     video = Path(row["video"])
     video = video if video.is_absolute() else base / video
     try:

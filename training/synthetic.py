@@ -1,6 +1,7 @@
 """Synthetic audio-visual data set: small MP4 clips whose visible events drive the sound.
 
     python -m training.synthetic --out DIR --n 24 --seed 0
+    python -m training.synthetic --out DIR --splits 20,3,5 --seed 0    # per class: train, val, test
 
 Every clip is a real MP4 file (H.264 video at 25 fps, AAC audio muxed into the
 same file) written with PyAV, plus one line in ``DIR/manifest.jsonl`` (video
@@ -19,6 +20,17 @@ Classes (``label``; the caption names the class in words):
   texture whose loudness follows the disc's area. Events: the area's maxima.
 * ``whoosh`` — a bar sweeps across the frame; band-limited noise that peaks
   when the bar passes the centre. Events: the centre crossings.
+* ``knock`` — a mallet swings down onto a wooden block, which flashes at each hit; a
+  short low knock (damped 120–300 Hz partials plus a click) whose loudness follows the
+  swing's height. Events: the hit times.
+* ``hum`` — a cart drives back and forth; a low, buzzy engine hum (60–110 Hz with
+  harmonics) whose loudness follows the cart's speed, and the scene brightens with it
+  (headlights). Events: the speed maxima.
+
+Splits. ``generate`` writes ``n`` clips round-robin over the classes with the last rounds as
+validation (the CI-sized sets); ``generate_splits`` writes train / val / test sets of a given
+number of clips per class, each split drawn from its own seed stream (``[seed, split, index]``),
+so the test split is independent of what the model was trained on.
 
 Event times are snapped to video frame times, so "the frame where it happens"
 and "the sample where it sounds" agree exactly before encoding. Events also light
@@ -42,13 +54,17 @@ import numpy as np
 from rewas_rt.errors import cli_main
 
 FPS = 25
-CLASSES = ("impact", "beep", "rain", "whoosh")
+CLASSES = ("impact", "beep", "rain", "whoosh", "knock", "hum")
+# Several wordings per class; the first is the bare class word (`rewas-rt infer clip.mp4 "rain"`).
 CAPTIONS = {
-    "impact": ("a ball bouncing on the floor", "impacts of a bouncing ball", "a ball hitting the ground"),
-    "beep": ("a beeping light", "beeps while a lamp blinks", "an electronic beep tone"),
-    "rain": ("rain noise getting louder and softer", "the sound of rain", "a hissing noise texture"),
-    "whoosh": ("something whooshing past", "a fast whoosh", "an object swishing by"),
+    "impact": ("impact", "a ball bouncing on the floor", "impacts of a bouncing ball", "a ball hitting the ground"),
+    "beep": ("beep", "a beeping light", "beeps while a lamp blinks", "an electronic beep tone"),
+    "rain": ("rain", "rain noise getting louder and softer", "the sound of rain", "a hissing noise texture"),
+    "whoosh": ("whoosh", "something whooshing past", "a fast whoosh", "an object swishing by"),
+    "knock": ("knock", "knocking on wood", "a mallet hitting a wooden block", "wooden knocks"),
+    "hum": ("hum", "an engine humming", "the hum of a motor speeding up and slowing down", "a buzzing engine"),
 }
+SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.jsonl"
 
 
@@ -170,6 +186,8 @@ def make_impact(rng: np.random.Generator, cfg: SynthConfig) -> Clip:
     env = np.exp(-np.arange(n_burst) / (decay * sr)).astype(np.float32)
     for contact, arc, _ in flights:
         i = round(contact * sr)
+        if i >= len(audio):
+            continue
         burst = _one_pole_lowpass(rng.standard_normal(n_burst).astype(np.float32), cutoff, sr) * env
         amp = 0.3 + 0.7 * min(arc / 0.9, 1.0)  # louder for faster impacts
         j = min(len(audio), i + n_burst)
@@ -274,11 +292,102 @@ def make_whoosh(rng: np.random.Generator, cfg: SynthConfig) -> Clip:
     return Clip(frames, (0.8 * env * noise).astype(np.float32), [c for c, _, _ in passes], "whoosh")
 
 
-MAKERS = {"impact": make_impact, "beep": make_beep, "rain": make_rain, "whoosh": make_whoosh}
+def make_knock(rng: np.random.Generator, cfg: SynthConfig) -> Clip:
+    n_frames, size, sr = round(cfg.duration * FPS), cfg.size, cfg.sample_rate
+    hits: list[tuple[float, float, float]] = []  # (hit time, swing duration, swing height in [0, 1])
+    t = _snap(rng.uniform(0.3, 0.7))
+    while t < cfg.duration - 0.15:
+        swing = _snap(rng.uniform(0.2, 0.4))
+        hits.append((t, swing, rng.uniform(0.25, 1.0)))
+        t = _snap(t + rng.uniform(0.3, 0.9))
+    block_top = size * 0.62
+    bx0, bx1 = size * rng.uniform(0.25, 0.35), size * rng.uniform(0.65, 0.75)
+    mallet_w = size * 0.1
+    mx = (bx0 + bx1) / 2 - mallet_w / 2
+    wood = rng.uniform(110, 170, size=3) * np.array([1.0, 0.75, 0.5])
+    bg = _background(rng, size)
+
+    def lift(tf: float) -> float:
+        """Mallet height above the block in [0, 1]: up while swinging, down at the hit."""
+        for hit, swing, height in hits:
+            if hit - swing <= tf <= hit:
+                return height * math.sin(math.pi * (hit - tf) / swing) if tf > hit - swing / 2 else \
+                    height * (hit - tf) / (swing / 2)
+        return 0.0
+
+    frames = np.empty((n_frames, size, size, 3), np.uint8)
+    for f in range(n_frames):
+        tf = f / FPS
+        since = [tf - h for h, _, _ in hits if -0.5 / FPS < tf - h < 0.2]
+        glow = max((0.75 ** (d * FPS) for d in since), default=0.0)
+        img = _lit(bg, 0.8 * glow)
+        block_color = wood + 100 * glow
+        img = _paint(img, _box(size, bx0, block_top, bx1, size * 0.8), block_color)
+        y1 = block_top - lift(tf) * size * 0.45
+        img = _paint(img, _box(size, mx, y1 - size * 0.12, mx + mallet_w, y1), (220, 220, 230))
+        frames[f] = np.clip(img, 0, 255).astype(np.uint8)
+    audio = np.zeros(round(cfg.duration * sr), np.float32)
+    f0 = rng.uniform(120, 300)
+    decay = rng.uniform(0.06, 0.12)
+    n_k = int(6 * decay * sr)
+    tt = np.arange(n_k) / sr
+    partials = [(1.0, 1.0), (2.32, 0.5), (4.1, 0.25)]
+    body = sum(a * np.exp(-tt / (decay / k)) * np.sin(2 * np.pi * k * f0 * tt) for k, a in partials)
+    click = _one_pole_lowpass(rng.standard_normal(n_k).astype(np.float32), 3000, sr) * np.exp(-tt / 0.004)
+    knock = (body + 2.0 * click).astype(np.float32)
+    knock /= np.max(np.abs(knock)) + 1e-8
+    for hit, _, height in hits:
+        i = round(hit * sr)
+        j = min(len(audio), i + n_k)
+        audio[i:j] += (0.3 + 0.6 * height) * knock[: j - i]
+    return Clip(frames, audio, [h for h, _, _ in hits], "knock")
 
 
-def make_clip(label: str, seed: int, index: int, cfg: SynthConfig) -> Clip:
-    rng = np.random.default_rng([seed, index])
+def make_hum(rng: np.random.Generator, cfg: SynthConfig) -> Clip:
+    n_frames, size, sr = round(cfg.duration * FPS), cfg.size, cfg.sample_rate
+    n = round(cfg.duration * sr)
+    freqs, phases = rng.uniform(0.2, 0.7, size=2), rng.uniform(0, 2 * np.pi, size=2)
+
+    def speed(t: np.ndarray) -> np.ndarray:  # in [0, 1], with stops
+        s = (np.sin(2 * np.pi * freqs[0] * t + phases[0]) + 0.6 * np.sin(2 * np.pi * freqs[1] * t + phases[1])) / 1.6
+        return np.clip(s, 0.0, 1.0) ** 1.2
+
+    tf = np.arange(n_frames) / FPS
+    sp = speed(tf)
+    # The cart drives right while it moves, wrapping around; speed up to 1.5 frame widths per second.
+    x = np.cumsum(sp) / FPS * 1.5 * size
+    cart_w, cart_h = size * 0.22, size * 0.12
+    color = rng.uniform(120, 230, size=3)
+    bg = _paint(_background(rng, size), _box(size, 0, size * 0.75, size, size), (60, 60, 65))
+    frames = np.empty((n_frames, size, size, 3), np.uint8)
+    for f in range(n_frames):
+        img = _lit(bg, 0.6 * sp[f])
+        cx = (x[f] % (size + cart_w)) - cart_w / 2
+        img = _paint(img, _box(size, cx - cart_w / 2, size * 0.75 - cart_h, cx + cart_w / 2, size * 0.75), color)
+        for wx in (cx - cart_w * 0.3, cx + cart_w * 0.3):
+            img = _paint(img, _disc(size, wx, size * 0.75, size * 0.04), (30, 30, 30))
+        frames[f] = np.clip(img, 0, 255).astype(np.uint8)
+    env = np.interp(np.arange(n) / sr, tf, sp).astype(np.float32)
+    f0 = rng.uniform(60, 110)
+    tt = np.arange(n) / sr
+    # Pitch rises a little with speed; harmonics up to ~2.5 kHz with 1/k amplitudes (a buzz).
+    phase = 2 * np.pi * np.cumsum(f0 * (1.0 + 0.3 * env)) / sr
+    tone = sum(np.sin(k * phase) / k for k in range(1, int(2500 // (1.3 * f0)) + 1))
+    tone = tone + 0.05 * rng.standard_normal(n)
+    tone = _one_pole_lowpass(tone.astype(np.float32), 3000, sr)
+    tone /= np.max(np.abs(tone)) + 1e-8
+    audio = (0.7 * env * tone).astype(np.float32)
+    peaks = [float(tf[i]) for i in range(1, n_frames - 1) if sp[i] > sp[i - 1] and sp[i] >= sp[i + 1]]
+    del tt
+    return Clip(frames, audio, peaks, "hum")
+
+
+MAKERS = {"impact": make_impact, "beep": make_beep, "rain": make_rain, "whoosh": make_whoosh,
+          "knock": make_knock, "hum": make_hum}
+
+
+def make_clip(label: str, seed: int | list[int], index: int, cfg: SynthConfig) -> Clip:
+    rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), index])
     clip = MAKERS[label](rng, cfg)
     # A faint noise floor, as in real recordings (silence would sit on the log-mel clamp).
     floor = 1e-3 * rng.standard_normal(len(clip.audio)).astype(np.float32)
@@ -321,38 +430,67 @@ def write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, sample_rate: in
     tmp.replace(path)
 
 
-def split_of(index: int, n: int, val_fraction: float) -> str:
+def split_of(index: int, n: int, val_fraction: float, n_classes: int = len(CLASSES)) -> str:
     """Classes go round-robin; the last rounds (at least one, never all) are validation."""
-    rounds = math.ceil(n / len(CLASSES))
+    rounds = math.ceil(n / n_classes)
     if rounds < 2 or val_fraction <= 0:
         return "train"
     val_rounds = min(rounds - 1, max(1, round(rounds * val_fraction)))
-    return "val" if index // len(CLASSES) >= rounds - val_rounds else "train"
+    return "val" if index // n_classes >= rounds - val_rounds else "train"
 
 
-def generate(out: Path, n: int = 24, seed: int = 0, cfg: SynthConfig | None = None, log=print) -> Path:
-    """Write ``n`` clips and the manifest into ``out``; returns the manifest path."""
+def _write_clip(out: Path, name: str, label: str, seed, index: int, split: str, cfg: SynthConfig) -> dict:
+    clip = make_clip(label, seed, index, cfg)
+    caption = CAPTIONS[label][np.random.default_rng([*np.atleast_1d(seed).tolist(), index, 1])
+                              .integers(len(CAPTIONS[label]))]
+    rel = f"clips/{name}.mp4"
+    write_mp4(out / rel, clip.frames, clip.audio, cfg.sample_rate, cfg)
+    return {"id": name, "video": rel, "caption": caption, "label": label, "split": split, "start": 0.0,
+            "duration": cfg.duration, "events": [round(e, 4) for e in clip.events]}
+
+
+def _finish(out: Path, lines: list[dict], info: dict, cfg: SynthConfig) -> Path:
+    manifest = out / MANIFEST
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (out / "synthetic.json").write_text(json.dumps({**info, **dataclasses.asdict(cfg)}, indent=1) + "\n")
+    return manifest
+
+
+def generate(out: Path, n: int = 24, seed: int = 0, cfg: SynthConfig | None = None, log=print,
+             classes: tuple[str, ...] = CLASSES) -> Path:
+    """Write ``n`` clips (round-robin over ``classes``) and the manifest into ``out``; returns the manifest path."""
     cfg = cfg or SynthConfig()
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
-        label = CLASSES[i % len(CLASSES)]
-        clip = make_clip(label, seed, i, cfg)
-        caption = CAPTIONS[label][np.random.default_rng([seed, i, 1]).integers(len(CAPTIONS[label]))]
-        rel = f"clips/syn_{i:04d}.mp4"
-        write_mp4(out / rel, clip.frames, clip.audio, cfg.sample_rate, cfg)
-        lines.append({
-            "id": f"syn_{i:04d}", "video": rel, "caption": caption, "label": label,
-            "split": split_of(i, n, cfg.val_fraction), "start": 0.0, "duration": cfg.duration,
-            "events": [round(e, 4) for e in clip.events],
-        })
-        log(f"[{i + 1}/{n}] {rel} {label:7s} {lines[-1]['split']:5s} {len(clip.events)} events "
-            f"({(out / rel).stat().st_size / 1024:.0f} KiB)")
-    manifest = out / MANIFEST
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (out / "synthetic.json").write_text(json.dumps({"n": n, "seed": seed, **dataclasses.asdict(cfg)}, indent=1) + "\n")
-    return manifest
+        label = classes[i % len(classes)]
+        lines.append(_write_clip(out, f"syn_{i:04d}", label, seed, i,
+                                 split_of(i, n, cfg.val_fraction, len(classes)), cfg))
+        log(f"[{i + 1}/{n}] {lines[-1]['video']} {label:7s} {lines[-1]['split']:5s} "
+            f"{len(lines[-1]['events'])} events")
+    return _finish(out, lines, {"n": n, "seed": seed, "classes": list(classes)}, cfg)
+
+
+def generate_splits(out: Path, per_class: dict[str, int], seed: int = 0, cfg: SynthConfig | None = None,
+                    log=print, classes: tuple[str, ...] = CLASSES) -> Path:
+    """Train / val / test sets with ``per_class[split]`` clips of every class. Clip ``i`` of a
+    split draws from ``[seed, split number, i]``: the splits never share a random stream, and
+    a split's clips do not depend on how large the other splits are."""
+    cfg = cfg or SynthConfig()
+    out = Path(out)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(per_class) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown} (known: {', '.join(SPLITS)})")
+    lines = []
+    for split in SPLITS:
+        n = per_class.get(split, 0) * len(classes)
+        for i in range(n):
+            label = classes[i % len(classes)]
+            lines.append(_write_clip(out, f"{split}_{i:04d}", label, [seed, SPLITS.index(split)], i, split, cfg))
+            log(f"[{split} {i + 1}/{n}] {lines[-1]['video']} {label:7s} {len(lines[-1]['events'])} events")
+    return _finish(out, lines, {"per_class": per_class, "seed": seed, "classes": list(classes)}, cfg)
 
 
 @cli_main
@@ -365,10 +503,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=SynthConfig.size, help="frame width = height in pixels")
     p.add_argument("--sample-rate", type=int, default=SynthConfig.sample_rate)
     p.add_argument("--val-fraction", type=float, default=SynthConfig.val_fraction)
+    p.add_argument("--splits", metavar="TRAIN,VAL,TEST",
+                   help="clips per class in each split (instead of --n; each split has its own seed stream)")
     args = p.parse_args(argv)
     cfg = SynthConfig(duration=args.duration, size=args.size, sample_rate=args.sample_rate,
                       val_fraction=args.val_fraction)
-    manifest = generate(args.out, args.n, args.seed, cfg)
+    if args.splits:
+        try:
+            counts = [int(x) for x in args.splits.split(",")]
+            if len(counts) != 3 or min(counts) < 0:
+                raise ValueError
+        except ValueError:
+            print(f"error: --splits {args.splits!r}: three counts TRAIN,VAL,TEST", file=sys.stderr)
+            return 2
+        manifest = generate_splits(args.out, dict(zip(SPLITS, counts)), args.seed, cfg)
+    else:
+        manifest = generate(args.out, args.n, args.seed, cfg)
     print(f"wrote {manifest}")
     return 0
 

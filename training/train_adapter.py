@@ -54,8 +54,8 @@ def adapter_config(source: ComponentSource, unet_cfg) -> AdapterConfig:
     try:
         return source.config(COMPONENT)
     except Exception:  # noqa: BLE001 - no adapter in the folder: the UNet's encoder sizes
-        d = {k: v for k, v in unet_cfg.to_dict().items() if k != "out_channels"}
-        return AdapterConfig(**d, hint_channels=1, legacy=unet_cfg.legacy)
+        d = {k: v for k, v in unet_cfg.to_dict().items() if k != "out_channels"}  # legacy included
+        return AdapterConfig(**d, hint_channels=1)
 
 
 def controlnet_init(adapter: Adapter, unet: UNet) -> dict[str, list[str]]:

@@ -206,7 +206,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 # Entries that may change between an interrupted run and its resumption.
-RESUME_FREE = {"train.stop_at", "train.log_every", "train.val_every", "train.ckpt_every", "train.keep_checkpoints",
+RESUME_FREE = {"train.stop_at", "train.max_minutes", "train.log_every", "train.val_every", "train.ckpt_every", "train.keep_checkpoints",
                "train.device", "train.threads", "data.cache_dir", "data.memory_items"}
 
 
@@ -311,7 +311,16 @@ class Loop:
         window_loss, window_n, t_last, step_last = 0.0, 0, time.perf_counter(), self.step
         last_ckpt = None
         stop = min(steps, t.get("stop_at") or steps)
+        deadline = time.monotonic() + 60 * t["max_minutes"] if t.get("max_minutes") else math.inf
+        self.out_of_time = False
         while self.step < stop:
+            if time.monotonic() > deadline:
+                self.out_of_time = True
+                self.print(f"time budget of {t['max_minutes']} min spent: stopping at step {self.step} of {steps}")
+                self.log.write({"event": "out_of_time", "step": self.step})
+                if last_ckpt is None or Path(last_ckpt).name != f"step_{self.step:07d}":
+                    last_ckpt = self.checkpoint()
+                break
             self.optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for _ in range(accum):
@@ -348,20 +357,41 @@ class Loop:
 
 def run(cfg: dict, out: Path, component: str, model: torch.nn.Module, model_cfg, params: list, device,
         micro_step: Callable, validate: Callable, meta: dict, source, resume, export_dir: Path | None,
-        log: Callable[[str], None], describe: str, extra: dict | None = None) -> dict:
-    """The part both trainers share: canonical save/load of the trained component, seeding,
-    resume, the loop, the result summary, and the optional complete canonical folder."""
+        log: Callable[[str], None], describe: str, extra: dict | None = None,
+        also: dict[str, tuple[torch.nn.Module, Any]] | None = None) -> dict:
+    """The part the trainers share: canonical save/load of the trained component, seeding,
+    resume, the loop, the result summary, and the optional complete canonical folder.
+
+    ``also``: more modules trained together with ``model`` (name -> (module, config)): a
+    component name with its config is saved canonically beside ``model`` (the Synchformer
+    trained with φ); anything else (config None, e.g. the CLAP trainer's audio encoder) as
+    ``<name>.safetensors`` in the step folder, so that a resumed run gets it back too."""
+    from safetensors.torch import load_file, save_file
+
     from training.checkpoints import load_component, save_component
     from training.components import export_canonical, seed_everything
 
+    also = dict(also or {})
+
     def save(folder: Path) -> None:
         save_component(folder, component, model.state_dict(), model_cfg, {**meta, "step": loop.step})
+        for name, (m, c) in also.items():
+            if c is not None:
+                save_component(folder, name, m.state_dict(), c, {**meta, "step": loop.step})
+            else:
+                save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(folder / f"{name}.safetensors"))
 
     def load(folder: Path) -> None:
         loaded, _ = load_component(folder, component)
         model.load_state_dict(loaded.state_dict(), strict=True)
+        for name, (m, c) in also.items():
+            if c is not None:
+                m.load_state_dict(load_component(folder, name)[0].state_dict(), strict=True)
+            else:
+                m.load_state_dict(load_file(str(folder / f"{name}.safetensors")), strict=True)
 
-    loop = Loop(cfg, out, model, params, device, micro_step, validate, save, load, log)
+    loop = Loop(cfg, out, model if not also else torch.nn.ModuleList([model, *(m for m, _ in also.values())]),
+                params, device, micro_step, validate, save, load, log)
     log(f"{component}: {sum(p.numel() for p in params):,} trainable parameters, {describe}, "
         f"device {device}, precision {loop.amp_dtype or 'fp32'}")
     seed_everything(cfg["seed"])  # after set-up: whether features were cached must not change the draws
@@ -370,6 +400,11 @@ def run(cfg: dict, out: Path, component: str, model: torch.nn.Module, model_cfg,
     t0 = time.perf_counter()
     result = loop.train()
     result["seconds"] = time.perf_counter() - t0
+    # Complete: reached train.stop_at (where set) or train.steps. A run stopped by its time budget
+    # is not; running it again with --resume continues (or, with --set train.stop_at=<its step>,
+    # finishes it right there: the schedule is still laid out over train.steps).
+    result["complete"] = result["step"] >= min(cfg["train"]["steps"], cfg["train"].get("stop_at") or cfg["train"]["steps"])
+    result["stopped_by_time"] = bool(getattr(loop, "out_of_time", False))
     vals = [h for h in loop.history if h["event"] == "val"]
     trains = [h for h in loop.history if h["event"] == "train"]
     result.update({"first_loss": trains[0]["loss"] if trains else None,

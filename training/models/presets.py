@@ -1,9 +1,12 @@
 """Named, mutually consistent config sets for all seven components.
 
 "rewas-m" is the released model. "tiny" is a random-weight stand-in of the same
-architecture for tests, demos and CI-sized exports: it runs the whole pipeline
+architecture for tests and CI-sized exports: it runs the whole pipeline
 on a CPU in seconds. Its widths must agree across components (Synchformer
-width = φ width; CLAP vocabulary = the tiny tokenizer's size).
+width = φ width; CLAP vocabulary = the tiny tokenizer's size). "demo" is the
+built-in model trained end to end on synthetic data by ``python -m training.demo``:
+the same seven architectures, narrower and shallower so that each stage trains in
+minutes on one CPU thread and the ONNX graphs together stay a few MB.
 """
 from __future__ import annotations
 
@@ -58,7 +61,40 @@ def tiny() -> dict[str, ModelConfig]:
     }
 
 
-PRESETS = {"rewas-m": rewas_m, "tiny": tiny}
+DEMO_VOCAB_SIZE = 384  # upper bound for the byte-level BPE fitted to the synthetic captions
+_DEMO_UNET = dict(model_channels=32, channel_mult=[1, 2, 2, 2], num_res_blocks=1, num_head_channels=32,
+                  attention_resolutions=[8, 4])
+_DEMO_WIDTH = 32  # Synchformer embed_dim = φ width
+
+
+def demo() -> dict[str, ModelConfig]:
+    """The built-in demo model (``training.demo``): the released architectures, reduced.
+
+    Same graphs and I/O as rewas-m (latent 8×128×16, 512-d CLAP space, 112-step energy); the
+    VAE's ``scale_factor`` here is a placeholder that ``training.train_vae`` replaces with the
+    measured 1/std of the trained VAE's latents."""
+    return {
+        "unet": UNetConfig(**{**UNetConfig.rewas_m().to_dict(), **_DEMO_UNET}),
+        "adapter": AdapterConfig(**{**AdapterConfig.rewas_m().to_dict(), **_DEMO_UNET}),
+        "vae": VAEConfig(**{**VAEConfig.rewas_m().to_dict(), "ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1,
+                            "scale_factor": 1.0}),
+        "vocoder": HiFiGANConfig(**{**HiFiGANConfig.rewas_m().to_dict(), "upsample_initial_channel": 64,
+                                    "resblock_kernel_sizes": [3, 7], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]]}),
+        "clap_text": ClapTextConfig(**{
+            **ClapTextConfig.rewas_m().to_dict(), "vocab_size": DEMO_VOCAB_SIZE, "hidden_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+        }),
+        "synchformer": SynchformerConfig(**{
+            **SynchformerConfig.rewas_m().to_dict(), "embed_dim": _DEMO_WIDTH, "depth": 1, "num_heads": 2,
+        }),
+        "phi": PhiConfig(**{
+            **PhiConfig.rewas_m().to_dict(), "width": _DEMO_WIDTH, "num_heads": 4, "num_blocks": 1,
+            "proj_dims": [_DEMO_WIDTH, 32, 16, 8, 1], "attention": "time",
+        }),
+    }
+
+
+PRESETS = {"rewas-m": rewas_m, "tiny": tiny, "demo": demo}
 
 
 def preset(name: str) -> dict[str, ModelConfig]:

@@ -1,0 +1,78 @@
+"""The shipped demo model, run by the NumPy runtime at its default sampling on the sample clip
+(test_0000 of the synthetic set, held out: never trained on). A runtime change that breaks
+generation (a graph fed wrongly, a scheduler or hint bug, a broken decoder/vocoder) fails these.
+
+Thresholds are the values measured on this clip with seed 0 (training/DEMO.md) minus the stated
+margins. What the demo model does NOT do reliably is not asserted here but reported in
+training/DEMO.md: on this clip, energy from the *video* correlates only r = 0.14 with the true
+audio's, and most prompts come out as the wrong class; it does follow a given energy curve
+(r = 0.90) and the φ curve does follow the video (r = 0.53); the class checks below are the
+two prompts measured to come out right on this clip."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import quality as Q
+from benchmarks.demo_quality import CLASSES, features
+from rewas_rt import energy as E
+from rewas_rt.builtin import demo_engine_dir
+
+SAMPLE = Path(__file__).parent / "fixtures" / "demo" / "sample.mp4"
+MEASURED = {"phi_r": 0.527, "control_r": 0.900}
+MARGIN = 0.15  # Pearson r: well above seed-to-seed wobble, far below what a broken pipeline scores (~0)
+
+
+@functools.cache
+def classifier():
+    """The README's classifier (logistic regression on log-mel statistics), fitted on real
+    synthetic audio of every class (3 clips each, made here by training.synthetic)."""
+    pytest.importorskip("sklearn", reason="the class check needs scikit-learn (pip install rewas-rt[bench])")
+    from benchmarks.demo_quality import fit_classifier
+    from training.synthetic import SynthConfig, make_clip
+
+    cfg = SynthConfig(duration=5.12)
+    waves, labels = [], []
+    for k, label in enumerate(CLASSES):
+        for i in range(3):
+            waves.append(E.normalize_wav(Q.fit_window(make_clip(label, [99, 0], i, cfg).audio)))
+            labels.append(k)
+    return fit_classifier(np.stack(waves), np.asarray(labels))
+
+
+@functools.cache
+def run():
+    from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
+    from rewas_rt.video import load_video
+
+    pipe = Pipeline(demo_engine_dir(), backend="onnxruntime-cpu", threads=1)
+    d = pipe.dir.sampling_defaults
+    opts = GenerationOptions(steps=d["steps"], guidance=d["guidance"], eta=d["eta"])
+    frames = load_video(SAMPLE, 0.0).frames
+    true = Q.load_wave(SAMPLE)
+    curve = E.energy_target(E.normalize_wav(Q.fit_window(true)))
+    phi = pipe.predict_energy([frames])[0]
+    res = pipe.generate([Request("impact", 0, energy=curve), Request("hum", 0, frames=frames)], opts)
+    return true, curve, phi, [r.waveforms[0] for r in res]
+
+
+def test_video_energy_and_given_curve_are_followed():
+    true, curve, phi, waves = run()
+    for w in waves:
+        assert np.all(np.isfinite(w)) and np.abs(w).max() <= 1.0 and np.sqrt(np.mean(w**2)) > 1e-3
+    assert Q.pearson(curve, phi) >= MEASURED["phi_r"] - MARGIN
+    r = Q.energy_correlation(curve, waves[0])["energy_correlation"]
+    assert r >= MEASURED["control_r"] - MARGIN, f"energy control r {r:.3f}"
+
+
+def test_prompt_sets_the_class():
+    clf = classifier()
+    _, _, _, waves = run()
+    pred = [CLASSES[int(k)] for k in clf.predict(np.stack([features(w) for w in waves]))]
+    # Measured: "impact" with the clip's curve -> impact, "hum" from the video -> hum (a broken text
+    # path gives one class for both). Not asserted, a documented miss: "hum" with the impact
+    # clip's curve came out "whoosh" (the curve's bursts win over the text).
+    assert pred == ["impact", "hum"], pred
