@@ -106,7 +106,7 @@ class Pipeline:
                                     plans_for=lambda target: plan_mismatch(listed.manifest, target))
         is_trt = chosen.name == "tensorrt"
         self._setup(open_engine_dir(engine_dir, backend="tensorrt" if is_trt else "onnx", checksums=checksums,
-                                    tensorrt=chosen.target() if is_trt else None), chosen, timing_hook)
+                                    tensorrt=chosen.target() if is_trt else None), chosen, timing_hook, int8)
 
     @classmethod
     def from_backend(cls, directory: EngineDirectory, backend: Backend,
@@ -117,7 +117,8 @@ class Pipeline:
         self._setup(directory, backend, timing_hook)
         return self
 
-    def _setup(self, directory: EngineDirectory, backend: Backend, timing_hook: TimingHook | None) -> None:
+    def _setup(self, directory: EngineDirectory, backend: Backend, timing_hook: TimingHook | None,
+               int8: Sequence[str] = ()) -> None:
         self.backend = backend
         self.dir = directory
         self.tokenizer = PromptTokenizer(self.dir.tokenizer_path)
@@ -125,7 +126,7 @@ class Pipeline:
         self.int8 = tuple(dict.fromkeys(int8))
         for g in self.int8:
             if g not in GRAPHS or self.dir.graph(g).int8 is None:
-                raise InputError(f"graph {g} has no INT8 variant in {engine_dir}; rebuild with "
+                raise InputError(f"graph {g} has no INT8 variant in {directory.root}; rebuild with "
                                  f"`python export/build_engines.py ... --int8 {g}`")
         if self.int8 and self.backend.name != "onnxruntime-cpu":
             raise InputError(f"INT8 variants run on the onnxruntime-cpu backend only, not {self.backend.name}")
