@@ -388,6 +388,15 @@ def parse_args(argv: list[str] | None):
             p.error(str(e))
     else:
         args.int8 = []
+    args.sampling_defaults = ()
+    if args.sampling:
+        try:
+            steps, guidance, eta = int(args.sampling[0]), float(args.sampling[1]), float(args.sampling[2])
+        except ValueError:
+            p.error(f"--sampling {' '.join(args.sampling)}: STEPS (integer) GUIDANCE ETA (numbers)")
+        if not (1 <= steps <= 1000 and guidance >= 0 and 0 <= eta <= 1):
+            p.error("--sampling: STEPS in 1..1000, GUIDANCE >= 0, ETA in [0, 1]")
+        args.sampling_defaults = (steps, eta, guidance)  # scheduler_section's order
     if args.release:
         if args.checkpoints or args.random_weights or args.config:
             p.error("--release builds the released model: not with --checkpoints, --config or --random-weights")
@@ -396,6 +405,8 @@ def parse_args(argv: list[str] | None):
         words = ["python", "export/build_engines.py", "--release"]
         words += ["--dir", str(args.dir)] if args.dir else []
         words += ["--configs", str(args.configs)] if args.configs else []
+        words += ["--sampling", *args.sampling] if args.sampling else []
+        words += ["--int8", ",".join(args.int8), "--int8-mode", args.int8_mode] if args.int8 else []
         args.command_line = shlex.join(words + ["--out", str(args.out)])
         return args
     if args.dir or args.configs or args.trust_pickle:
@@ -422,15 +433,6 @@ def parse_args(argv: list[str] | None):
                 "(the RoBERTa tokenizer folder: tokenizer.json, or vocab.json + merges.txt)")
     if args.tokenizer is not None and not args.tokenizer.is_dir():
         p.error(f"--tokenizer {args.tokenizer}: no such folder")
-    args.sampling_defaults = ()
-    if args.sampling:
-        try:
-            steps, guidance, eta = int(args.sampling[0]), float(args.sampling[1]), float(args.sampling[2])
-        except ValueError:
-            p.error(f"--sampling {' '.join(args.sampling)}: STEPS (integer) GUIDANCE ETA (numbers)")
-        if not (1 <= steps <= 1000 and guidance >= 0 and 0 <= eta <= 1):
-            p.error("--sampling: STEPS in 1..1000, GUIDANCE >= 0, ETA in [0, 1]")
-        args.sampling_defaults = (steps, eta, guidance)  # scheduler_section's order
     words = ["python", "export/build_engines.py"]
     if args.checkpoints:
         words += ["--checkpoints", str(args.checkpoints)]

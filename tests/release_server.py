@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from export import release as R
-from tests.test_import_checkpoints import reference_configs, released_files
-from tests import reference
+from tests.test_import_checkpoints import reference_configs, reference_weights, released_files
 from training import checkpoints as ck
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -78,15 +77,7 @@ def _phi_standin(config) -> dict:
 
 def standin_files() -> dict[str, bytes]:
     """Every release file (by name), reduced, in its released layout."""
-    w = {
-        "unet_adapter": reference.load_weights("unet_adapter"),
-        "vae": reference.load_weights("vae"),
-        "hifigan": reference.load_weights("hifigan"),
-        "hifigan_removed": reference.load_weights("hifigan", "weights_weightnorm_removed.safetensors"),
-        "clap_text": reference.load_weights("clap_text"),
-        "synchformer": reference.load_weights("synchformer_video"),
-        "phi": reference.load_weights("phi"),
-    }
+    w = reference_weights()
     rel = released_files(w, ema_offset=0.0)
     vae = {k[len("first_stage_model."):]: v for k, v in w["vae"].items() if k.startswith("first_stage_model.")}
     vae["loss.logvar"] = torch.zeros(())

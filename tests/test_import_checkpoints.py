@@ -44,8 +44,8 @@ def strip(sd: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-@pytest.fixture(scope="module")
-def ref_weights() -> dict:
+def reference_weights() -> dict:
+    """The reduced reference models' weights, by the names ``released_files`` takes."""
     return {
         "unet_adapter": reference.load_weights("unet_adapter"),
         "vae": reference.load_weights("vae"),
@@ -55,6 +55,11 @@ def ref_weights() -> dict:
         "synchformer": reference.load_weights("synchformer_video"),
         "phi": reference.load_weights("phi"),
     }
+
+
+@pytest.fixture(scope="module")
+def ref_weights() -> dict:
+    return reference_weights()
 
 
 def released_files(w: dict, ema_offset: float | None = None) -> dict[str, dict]:
