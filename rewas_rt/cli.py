@@ -15,7 +15,7 @@ from rewas_rt import __version__
 from rewas_rt import constants as C
 from rewas_rt.atomic import atomic_paths
 from rewas_rt.errors import OutputError, RewasError, cli_main
-from rewas_rt.options import OPTIONS
+from rewas_rt.options import OPTIONS, sampling_settings
 
 
 
@@ -55,33 +55,6 @@ def _numbered(path: Path, index: int, count: int) -> Path:
     return path if count == 1 else path.with_name(f"{path.stem}.{index}{path.suffix}")
 
 
-def _sampler_settings(args: argparse.Namespace, recommended: dict | None) -> dict:
-    """sampler, steps and guidance interval: the flags, else the engine directory's recommendation
-    (``EngineDirectory.recommended``: the manifest's scheduler section; None: the original's
-    DDIM 200), else the sampler's default step count."""
-    from rewas_rt.samplers import DEFAULT_STEPS
-
-    if recommended is None:
-        recommended = {"sampler": "ddim", "steps": C.DDIM_STEPS, "guidance_interval": None}
-    sampler = args.sampler or recommended["sampler"]
-    steps = args.steps
-    if steps is None:
-        steps = recommended["steps"] if sampler == recommended["sampler"] else DEFAULT_STEPS[sampler]
-    interval = args.guidance_interval
-    if interval is None and args.sampler is None and recommended.get("guidance_interval"):
-        interval = tuple(recommended["guidance_interval"])
-    return {"sampler": sampler, "steps": steps, "guidance_interval": tuple(interval) if interval else None}
-
-
-def _duration(text: str) -> float | None:
-    if text.strip().lower() == "full":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds or 'full', got {text!r}") from None
-
-
 def _clip_arguments(p: argparse.ArgumentParser) -> None:
     """Which part of the video gets sound (rewas_rt/windows.py: longer than 5.12 s = several windows)."""
     from rewas_rt.windows import WindowOptions
@@ -89,8 +62,8 @@ def _clip_arguments(p: argparse.ArgumentParser) -> None:
     limit = WindowOptions().max_duration
     p.add_argument("--start", type=OPTIONS["start"].arg_type(), default=0.0,
                    help="start of the clip in seconds (default 0)")
-    p.add_argument("--duration", type=_duration, default=None, metavar="SECONDS|full",
-                   help="length of the clip (default full: to the end of the video; 5.12 = one model window)")
+    p.add_argument("--duration", type=OPTIONS["duration"].arg_type(), default=None, metavar="SECONDS|full",
+                   help=OPTIONS["duration"].help)
     p.add_argument("--max-duration", type=float, default=limit,
                    help=f"refuse clips longer than this many seconds (default {limit:g})")
     p.add_argument("--join", choices=("repaint", "crossfade"), default="repaint",
@@ -132,10 +105,10 @@ def _infer(args: argparse.Namespace) -> int:
     elif args.energy_from_audio:
         request.energy = curve_from_audio(args.energy_from_audio, start=args.start, plan=plan if len(plan) > 1 else None)
     request.seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    # The model's recommended sampling (its manifest) for what the command line left unset: guidance and
-    # eta; sampler, steps and guidance interval by _sampler_settings (another sampler: its default steps).
-    options = dataclasses.replace(options, windows=windows, **_sampler_settings(args, pipe.dir.recommended), **{
-        k: v for k, v in pipe.dir.sampling_defaults.items() if k != "steps" and getattr(args, k) is None})
+    # The model's recommended sampling (its manifest) for what the command line left unset
+    # (rewas_rt.options.sampling_settings: another sampler gets its own default steps).
+    options = dataclasses.replace(options, windows=windows, **sampling_settings(_sampling_given(args),
+                                                                                pipe.dir.recommended))
     _say(args, f"generating {plan.frames / C.FPS:.2f} s ({len(plan)} window{'s' * (len(plan) > 1)}) "
                f"on {pipe.backend.name} with seed {request.seed} ({options.sampler}, {options.steps} steps)")
     result = pipe.generate_video(request, options, progress=_Progress(not args.quiet))
@@ -178,9 +151,13 @@ def _generation_options(args: argparse.Namespace):
     from rewas_rt.options import GenerationOptions, energy_edit
 
     edit = energy_edit(args.energy_scale, args.energy_offset, *(args.energy_clip or (None, None)))
-    given = {k: getattr(args, k) for k in ("guidance", "eta") if getattr(args, k) is not None}
-    return GenerationOptions(**_sampler_settings(args, None), **given, candidates=args.candidates,
+    return GenerationOptions(**sampling_settings(_sampling_given(args)), candidates=args.candidates,
                              hint_from_mean=args.hint_mean, energy_edit=edit)
+
+
+def _sampling_given(args: argparse.Namespace) -> dict:
+    """The sampling flags as given (None: unset, the model's recommendation applies)."""
+    return {k: getattr(args, k) for k in ("sampler", "steps", "guidance", "eta", "guidance_interval")}
 
 
 def _engines(args: argparse.Namespace) -> Path:

@@ -75,16 +75,18 @@ class Option:
     choices: tuple[str, ...] | None = None
     check: Callable[[Any], None] | None = None  # extra rule; raises ValueError with a message
     nullable: bool = False  # None (or an empty form field) means "not given"
+    none_word: str | None = None  # a word that also means None (``duration``: "full")
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
     def describe(self) -> str:
+        alt = f" or {self.none_word}" if self.none_word else ""
         if self.kind is int:
-            return f"an integer in {int(self.low)}..{int(self.high)}"
+            return f"an integer in {int(self.low)}..{int(self.high)}{alt}"
         if self.kind is float:
-            return f"a finite number in [{_fmt(self.low)}, {_fmt(self.high)}]"
+            return f"a finite number in [{_fmt(self.low)}, {_fmt(self.high)}]{alt}"
         if self.kind is bool:
             return "true or false"
         if self.choices:
@@ -96,6 +98,8 @@ class Option:
 
     def parse(self, raw: Any) -> Any:
         """The validated value of ``raw`` (a Python value or a string), or OptionError."""
+        if self.none_word and isinstance(raw, str) and raw.strip().lower() == self.none_word:
+            return None
         if raw is None or (isinstance(raw, str) and not raw.strip() and self.nullable):
             if self.nullable:
                 return None
@@ -183,6 +187,10 @@ class Option:
             schema["enum"] = list(self.choices)
         if self.default is not None:
             schema["default"] = self.default
+        if self.none_word:  # a number, or the word (the default when the default is None)
+            number = {k: schema.pop(k) for k in ("type", "minimum", "maximum") if k in schema}
+            schema["anyOf"] = [number, {"type": "string", "enum": [self.none_word]}]
+            schema.setdefault("default", self.none_word)
         return schema
 
 
@@ -218,7 +226,10 @@ _OPTIONS = [
     Option("eta", float, C.ETA, f"DDIM eta: 0 deterministic, 1 the original's (default {C.ETA:g})", 0.0, 1.0),
     Option("candidates", int, 1, "candidates to generate, each from its own seeded noise", 1, MAX_CANDIDATES),
     Option("seed", int, None, "random seed (default: random, reported)", 0, MAX_SEED, nullable=True),
-    Option("start", float, 0.0, "start of the 5 s video window in seconds", 0.0, MAX_START),
+    Option("start", float, 0.0, "start of the clip in seconds (default 0)", 0.0, MAX_START),
+    Option("duration", float, None, "length of the clip in seconds from start (default full: to the end of the "
+           "video, in 5.12 s windows joined without seams; 5.12 = one model window)", 1 / C.FPS, MAX_START,
+           nullable=True, none_word="full"),
     Option("hint_mean", bool, False, "use the hint posterior's mean (the original samples it)"),
     Option("energy_scale", float, 1.0, "stretch the energy curve around its mean (0 = flat)", 0.0, 10.0),
     Option("energy_offset", float, 0.0, "add to the energy curve (+1 ≈ +8.7 dB)", -ENERGY_LIMIT, ENERGY_LIMIT),
@@ -246,6 +257,29 @@ def guidance_interval(low: Any = None, high: Any = None) -> tuple[float, float] 
     if lo is None or hi is None or not lo < hi:
         raise OptionError(f"guidance interval needs 0 <= sigma_lo < sigma_hi, got ({_show(low)}, {_show(high)})")
     return lo, hi
+
+
+def sampling_settings(given: dict[str, Any], recommended: dict[str, Any] | None = None) -> dict[str, Any]:
+    """sampler, steps, guidance, eta and guidance_interval of a request: the ``given`` values (None =
+    not given; already validated), else the engine directory's ``recommended`` sampling
+    (``EngineDirectory.recommended``: its manifest's scheduler section; None: the original's DDIM
+    200 / 3 / 1). Another sampler than the recommended one gets its own default step count and no
+    recommended guidance interval. The CLI and the HTTP service both resolve their defaults here."""
+    from rewas_rt.samplers import DEFAULT_STEPS
+
+    rec = recommended or {"sampler": "ddim", "steps": C.DDIM_STEPS, "guidance": C.GUIDANCE, "eta": C.ETA,
+                          "guidance_interval": None}
+    sampler = given.get("sampler") or rec["sampler"]
+    steps = given.get("steps")
+    if steps is None:
+        steps = rec["steps"] if sampler == rec["sampler"] else DEFAULT_STEPS[sampler]
+    interval = given.get("guidance_interval")
+    if interval is None and given.get("sampler") is None and rec.get("guidance_interval"):
+        interval = rec["guidance_interval"]
+    out = {"sampler": sampler, "steps": steps, "guidance_interval": tuple(interval) if interval else None}
+    for name in ("guidance", "eta"):
+        out[name] = given[name] if given.get(name) is not None else rec.get(name, OPTIONS[name].default)
+    return out
 
 
 def energy_edit(scale: Any = 1.0, offset: Any = 0.0, clip_min: Any = None, clip_max: Any = None) -> EnergyEdit:

@@ -305,7 +305,8 @@ class RewasModel:
             if not isinstance(data, (bytes, bytearray)) or not data:
                 raise InputError("VIDEO must be the bytes of a video file")
             start = OPTIONS["start"].parse(_scalar("START", start_in)) if start_in is not None else 0.0
-            duration = float(_scalar("DURATION", duration_in)) if duration_in is not None else None
+            duration = OPTIONS["duration"].parse(float(_scalar("DURATION", duration_in))) \
+                if duration_in is not None else None
             return options, _VideoJob(prompt, seed, bytes(data), start, duration, energy)
         if frames is not None:
             frames = np.asarray(frames)

@@ -32,7 +32,7 @@ def bad_values(o) -> list:
 def good_values(o) -> list:
     vals = [o.low, o.high, str(o.low if o.kind is float else int(o.low)), f" {int(o.high) if o.kind is int else o.high} "]
     if o.kind is float:
-        vals += [(o.low + o.high) / 2, int(o.low)]
+        vals += [(o.low + o.high) / 2, math.ceil(o.low)]  # an int for a float option
     return vals
 
 
@@ -164,3 +164,11 @@ def _assert_one_line(err: str, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     for f in fragments:
         assert f in lines[0], lines[0]
+
+
+def test_duration_takes_full_or_seconds_everywhere():
+    o = OPTIONS["duration"]
+    assert [o.parse(v) for v in ("full", " FULL ", "", None, "7.5", 12)] == [None, None, None, None, 7.5, 12.0]
+    assert o.json_schema()["default"] == "full" and o.json_schema()["anyOf"][1] == {"type": "string", "enum": ["full"]}
+    with pytest.raises(OptionError, match=r"duration must be a finite number in \[0.04, 86400\] or full, got 'half'"):
+        o.parse("half")

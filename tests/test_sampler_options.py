@@ -2,7 +2,6 @@
 recommendation and `rewas-rt infer` (tiny engine directory)."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -10,7 +9,8 @@ import pytest
 
 from rewas_rt import constants as C
 from rewas_rt import manifest as M
-from rewas_rt.cli import _sampler_settings, main
+from rewas_rt.cli import main
+from rewas_rt.options import sampling_settings
 from rewas_rt.errors import InputError
 from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
 from rewas_rt.samplers import DEFAULT_STEPS, SAMPLERS, noise_levels
@@ -65,8 +65,9 @@ def test_manifest_recommendation_and_cli_defaults(tiny_engines):
                    "guidance_interval": None}
 
     def settings(**flags):
-        args = argparse.Namespace(**{"sampler": None, "steps": None, "guidance_interval": None, **flags})
-        return _sampler_settings(args, custom)
+        got = sampling_settings({"sampler": None, "steps": None, "guidance_interval": None, **flags}, custom)
+        assert (got["guidance"], got["eta"]) == (custom["guidance"], custom["eta"])
+        return {k: got[k] for k in ("sampler", "steps", "guidance_interval")}
 
     custom = {**rec, "sampler": "dpmpp-2m", "steps": 15, "guidance_interval": [0.3, 20.0]}
     assert settings() == {"sampler": "dpmpp-2m", "steps": 15, "guidance_interval": (0.3, 20.0)}

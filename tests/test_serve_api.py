@@ -246,3 +246,46 @@ def test_serve_command_refuses_bad_settings_before_starting_ray(args, fragment, 
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert fragment in err
+
+
+def test_whole_videos_over_http_equal_the_cli(server, tmp_path, capsys):
+    """duration full (the default) on a 12 s video: 12 s of sound in windows, byte for byte what
+    `rewas-rt infer` writes with the same seed and steps; start/duration pick a part; the mp4
+    carries the whole track; a start past the end is a 400 with the CLI's message."""
+    from rewas_rt import constants as C
+    from rewas_rt.cli import main
+
+    url, service, uploads = server
+    path = write_video(tmp_path / "long.mp4", seconds=12.0, size=(160, 120))
+    video = path.read_bytes()
+    r = post(url, video, data={"steps": "1", "seed": "5"})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Rewas-Seconds"] == "12"
+    out = tmp_path / "cli.wav"
+    assert main(["infer", str(path), "rain", "--engines", service.settings.engines, "--steps", "1", "--seed", "5",
+                 "-o", str(out), "-q", "--backend", "onnxruntime-cpu"]) == 0, capsys.readouterr().err
+    assert r.content == out.read_bytes()
+    import io
+
+    import soundfile as sf
+
+    wave, sr = sf.read(io.BytesIO(r.content))
+    assert sr == C.SAMPLE_RATE and abs(len(wave) - 12 * C.SAMPLE_RATE) <= C.SAMPLE_RATE // C.FPS
+
+    r = post(url, video, data={"steps": "1", "seed": "5", "start": "2", "duration": "7"})
+    assert r.status_code == 200 and r.headers["X-Rewas-Seconds"] == "7"
+    assert len(sf.read(io.BytesIO(r.content))[0]) == 7 * C.SAMPLE_RATE
+    r = post(url, video, data={"steps": "1", "seed": "5", "duration": "5.12"})  # one window: batchable
+    assert r.status_code == 200 and len(sf.read(io.BytesIO(r.content))[0]) == C.WAVE_SAMPLES
+    r = post(url, video, data={"steps": "1", "seed": "5", "duration": "full", "format": "mp4"},
+             files={"energy_curve": ("c.csv", "\n".join(str(v) for v in np.linspace(-9, -3, 50)).encode())})
+    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+    import av
+
+    with av.open(io.BytesIO(r.content)) as c:
+        (audio,) = c.streams.audio
+        assert abs(float(audio.duration * audio.time_base) - 12.0) < 0.1
+    assert_error(post(url, video, data={"start": "20"}), 400, "start 20 s leaves no video")
+    assert_error(post(url, video, data={"duration": "soon"}), 400, "duration must be a finite number", "or full")
+    time.sleep(0.5)
+    assert list(Path(uploads).iterdir()) == []

@@ -87,3 +87,22 @@ def test_a_bad_request_does_not_fail_its_batch(pipe):
     out = run_batches(pipe, [bad, good], max_items=8)
     assert out[0].error is not None and "prompt is empty" in str(out[0].error)
     assert out[1].error is None and out[1].result.waveforms.shape == (1, C.WAVE_SAMPLES)
+
+
+def test_a_whole_video_job_runs_alone_through_generate_video(pipe, tmp_path):
+    """A clip of several windows (VideoRequest) is never merged: it gets its own call, and its
+    result is generate_video's; the one-window jobs around it still share theirs."""
+    from rewas_rt.pipeline import VideoRequest
+    from tests.media_files import write_video
+
+    video = write_video(tmp_path / "long.mp4", seconds=7.0)
+    curve = np.linspace(-9, -2, C.MEL_FRAMES, dtype=np.float32)
+    opts = GenerationOptions(steps=1)
+    long_job = Job(VideoRequest("rain", 9, video), opts, size=1)
+    jobs = [job("rain", 1, steps=1, energy=curve), long_job, job("wind", 2, steps=1, energy=-curve)]
+    out = run_batches(pipe, jobs, max_items=8)
+    assert [o.batch_requests for o in out] == [2, 1, 2]
+    assert out[1].call not in (out[0].call, out[2].call)
+    direct = pipe.generate_video(VideoRequest("rain", 9, video), opts)
+    assert out[1].result.waveforms.shape == (1, 7 * C.SAMPLE_RATE)
+    np.testing.assert_array_equal(out[1].result.waveforms, direct.waveforms)

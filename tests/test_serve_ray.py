@@ -124,8 +124,10 @@ def test_healthz_info_metrics(server):
 def test_concurrent_requests_are_batched_and_equal_the_cli(server, clip, tmp_path, capsys):
     url, video = server["url"], clip.read_bytes()
     before = requests.get(url + "/metrics", headers=AUTH, timeout=10).text
-    jobs = [dict(seed=i, prompt=f"sound {i}") for i in range(6)]
-    jobs += [dict(seed=40, prompt="rain on a roof", candidates=2), dict(seed=41, prompt="a bell", format="mp4")]
+    # duration 5: one window each (the 6 s clip would be two, and a whole-video request runs alone)
+    jobs = [dict(seed=i, prompt=f"sound {i}", duration=5) for i in range(6)]
+    jobs += [dict(seed=40, prompt="rain on a roof", candidates=2, duration=5),
+             dict(seed=41, prompt="a bell", format="mp4", duration=5)]
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
         responses = list(pool.map(lambda kw: post(url, video, **kw), jobs))
     for kw, r in zip(jobs, responses):
@@ -145,7 +147,7 @@ def test_concurrent_requests_are_batched_and_equal_the_cli(server, clip, tmp_pat
         out = tmp_path / f"cli{kw['seed']}.wav"
         code = main(["infer", str(clip), kw["prompt"], "--engines", server_engines(server), "--steps", STEPS,
                      "--seed", str(kw["seed"]), "-o", str(out), "-q", "--backend", "onnxruntime-cpu",
-                     "--duration", "5", *extra])  # the service's window: the first 5 s
+                     "--duration", "5", *extra])  # the requests' clip: the first 5 s
         assert code == 0, capsys.readouterr().err
         if extra:
             z = zipfile.ZipFile(io.BytesIO(r.content))

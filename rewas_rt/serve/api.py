@@ -6,13 +6,21 @@ only adds ``@serve.batch`` in front of ``Service.run_jobs``.
 
 * ``video`` (file, required), ``prompt`` (text, required);
 * the options of ``rewas_rt.options`` by name: ``steps guidance eta seed candidates
-  start hint_mean energy_scale energy_offset energy_clip_min energy_clip_max``;
+  start duration hint_mean energy_scale energy_offset energy_clip_min energy_clip_max
+  sampler guidance_interval_low guidance_interval_high``; sampling options not sent take
+  the engine directory's recommendation (its manifest), as ``rewas-rt infer`` does;
+* ``start``/``duration``: the clip that gets sound, by default the whole video (``duration``
+  ``full``); longer than one 5.12 s window, it is generated window after window and joined
+  without seams (``Pipeline.generate_video``, rewas_rt/windows.py), up to the service's
+  ``max_video_seconds``. One-window clips are batched with other requests; longer ones run
+  alone (each window continues the previous one), so a deadline must allow for their length;
 * ``energy_curve`` (file, .csv or .npy): replaces the curve predicted from the video;
 * ``format``: ``wav`` (default) or ``mp4`` (the video with the generated track).
 
 Response: ``audio/wav`` or ``video/mp4``; with ``candidates`` > 1 an
 ``application/zip`` holding ``candidate-0.wav`` … (or ``.mp4``) and ``result.json``
-(seed, candidates, options). Headers ``X-Rewas-Seed`` and ``X-Rewas-Candidates``.
+(seed, candidates, options). Headers ``X-Rewas-Seed``, ``X-Rewas-Candidates`` and
+``X-Rewas-Seconds`` (the length of the clip, = the sound's).
 Errors: ``{"error": "<one line>"}`` with 400 (bad input; the CLI's messages),
 401 (API key), 413 (upload or video too large), 503 + ``Retry-After`` (queue
 full), 504 (deadline), 500 (a bug: logged, generic message).
@@ -44,14 +52,15 @@ from starlette.exceptions import HTTPException
 from rewas_rt import __version__
 from rewas_rt import constants as C
 from rewas_rt.errors import InputError, RewasError
-from rewas_rt.options import OPTIONS, GenerationOptions, energy_edit, guidance_interval
+from rewas_rt.options import OPTIONS, GenerationOptions, energy_edit, guidance_interval, sampling_settings
 from rewas_rt.serve.batching import Job, Outcome, job_size, run_batches
 from rewas_rt.serve.settings import ServeSettings
 from rewas_rt.serve.uploads import UploadTooLarge, parse_multipart
+from rewas_rt.windows import WindowOptions
 
 log = logging.getLogger("rewas_rt.serve")
 
-FORM_OPTIONS = ("steps", "guidance", "eta", "seed", "candidates", "start", "hint_mean", "energy_scale",
+FORM_OPTIONS = ("steps", "guidance", "eta", "seed", "candidates", "start", "duration", "hint_mean", "energy_scale",
                 "energy_offset", "energy_clip_min", "energy_clip_max", "sampler", "guidance_interval_low",
                 "guidance_interval_high")
 FORMATS = {"wav": ("audio/wav", ".wav"), "mp4": ("video/mp4", ".mp4")}
@@ -227,37 +236,39 @@ class Service:
             raise InputError("missing field 'video' (the video file)")
         if "prompt" not in upload.fields:
             raise InputError("missing field 'prompt' (describe the sound, e.g. \"dog barking\")")
-        values = {name: OPTIONS[name].parse(upload.fields[name]) if name in upload.fields else OPTIONS[name].default
-                  for name in FORM_OPTIONS}
+        given = {name: OPTIONS[name].parse(upload.fields[name]) for name in FORM_OPTIONS if name in upload.fields}
+        values = {name: given.get(name, OPTIONS[name].default) for name in FORM_OPTIONS}
         fmt = upload.fields.get("format", "wav").strip().lower()
         if fmt not in FORMATS:
             raise InputError(f"format must be one of {', '.join(FORMATS)}, got {_short(fmt)}")
         edit = energy_edit(values["energy_scale"], values["energy_offset"], values["energy_clip_min"],
                            values["energy_clip_max"])
-        options = GenerationOptions(steps=values["steps"], guidance=values["guidance"], eta=values["eta"],
-                                    candidates=values["candidates"], hint_from_mean=values["hint_mean"],
-                                    energy_edit=edit, sampler=values["sampler"],
-                                    guidance_interval=guidance_interval(values["guidance_interval_low"],
-                                                                        values["guidance_interval_high"]))
+        sampling = sampling_settings({**{k: given.get(k) for k in ("sampler", "steps", "guidance", "eta")},
+                                      "guidance_interval": guidance_interval(given.get("guidance_interval_low"),
+                                                                             given.get("guidance_interval_high"))},
+                                     self.pipe.dir.recommended)
+        options = GenerationOptions(**sampling, candidates=values["candidates"], hint_from_mean=values["hint_mean"],
+                                    energy_edit=edit, windows=WindowOptions(max_duration=s.max_video_seconds))
         prompt = upload.fields["prompt"]
         self.pipe.tokenizer.ids(prompt)  # the CLI's check: an empty prompt is refused
         seed = values["seed"] if values["seed"] is not None else secrets.randbelow(2**31)
         video, curve_file = upload.files["video"], upload.files.get("energy_curve")
 
-        with self._stage("decode"):
-            clip, curve = await in_thread(self._decode, video, values["start"], curve_file, executor=self.cpu_pool)
-        from rewas_rt.pipeline import Request
+        from rewas_rt.pipeline import VideoRequest
 
-        request = Request(prompt=prompt, seed=seed, frames=clip.frames, energy=curve,
-                          candidates=options.candidates, energy_edit=options.energy_edit)
+        clip = VideoRequest(prompt=prompt, seed=seed, video=video, start=values["start"], duration=values["duration"])
+        with self._stage("decode"):
+            request, plan = await in_thread(self._decode, clip, options, curve_file, executor=self.cpu_pool)
         job = Job(request, options, size=job_size(options.candidates, s.max_batch), submitted=time.perf_counter())
         outcome = await self.generate(job)
         if outcome.error is not None:
             raise outcome.error
         with self._stage("encode"):
-            content, media_type = await in_thread(self._encode, tmp, video, clip, outcome.result.waveforms, fmt,
-                                                  seed, options, executor=self.cpu_pool)
+            waves = outcome.result.waveforms[:, :plan.samples]  # the clip's length, as `rewas-rt infer` writes
+            content, media_type = await in_thread(self._encode, tmp, clip, waves, fmt, seed, options,
+                                                  executor=self.cpu_pool)
         headers = {"X-Rewas-Seed": str(seed), "X-Rewas-Candidates": str(options.candidates),
+                   "X-Rewas-Seconds": f"{plan.frames / C.FPS:g}",
                    "Content-Disposition": f'attachment; filename="rewas{_suffix(media_type)}"'}
         return content, headers, media_type
 
@@ -269,34 +280,43 @@ class Service:
         finally:
             self.metrics.stage.labels(name).observe(time.perf_counter() - t0)
 
-    def _decode(self, video: Path, start: float, curve_file: Path | None):
+    def _decode(self, clip, options: GenerationOptions, curve_file: Path | None):
+        """The job's request and the clip's windows. A clip of one window becomes a ``Request`` with
+        its frames decoded (it can share an engine batch); a longer one stays a ``VideoRequest``
+        that ``Pipeline.generate_video`` decodes window by window (never the whole video in memory)."""
         from rewas_rt import media
         from rewas_rt.energy_control import load_curve
+        from rewas_rt.pipeline import Request, plan_clip
         from rewas_rt.video import load_video
 
-        with media.open_input(video) as container:
+        with media.open_input(clip.video) as container:
             duration = container.duration / 1e6 if container.duration else None
         if duration is not None and duration > self.settings.max_video_seconds:
             raise UploadTooLarge(f"video is {duration:.1f} s long; the limit is "
                                  f"{self.settings.max_video_seconds:g} s")
         with _warnings_logged():
-            clip = load_video(video, start=start)
+            plan = plan_clip(clip, options.windows)  # start/duration checked against the video
+            if len(plan) > 1:
+                if curve_file is not None:
+                    clip.energy = load_curve(curve_file, frames=None)  # stretched over the whole clip
+                return clip, plan
+            frames = load_video(clip.video, start=clip.start).frames if curve_file is None else None
         curve = load_curve(curve_file) if curve_file is not None else None
-        return clip, curve
+        return Request(prompt=clip.prompt, seed=clip.seed, frames=frames, energy=curve,
+                       candidates=options.candidates, energy_edit=options.energy_edit), plan
 
-    def _encode(self, tmp: Path, video: Path, clip, waves: np.ndarray, fmt: str, seed: int,
+    def _encode(self, tmp: Path, clip, waves: np.ndarray, fmt: str, seed: int,
                 options: GenerationOptions) -> tuple[bytes, str]:
         from rewas_rt.audio import mux, write_wav
 
-        samples = round(clip.real_seconds * C.SAMPLE_RATE)  # as the CLI: the track covers the video window
         media_type, suffix = FORMATS[fmt]
         files = []
         for i, wave in enumerate(waves):
             out = tmp / f"candidate-{i}{suffix}"
             if fmt == "wav":
-                write_wav(out, wave[:samples])
+                write_wav(out, wave)
             else:
-                mux(video, wave[:samples], C.SAMPLE_RATE, out, start=clip.start)
+                mux(clip.video, wave, C.SAMPLE_RATE, out, start=clip.start)
             files.append(out)
         if len(files) == 1:
             return files[0].read_bytes(), media_type
@@ -307,7 +327,9 @@ class Service:
             z.writestr("result.json", json.dumps({
                 "seed": seed, "candidates": len(files), "media_type": media_type,
                 "files": [f.name for f in files],
-                "options": {"steps": options.steps, "guidance": options.guidance, "eta": options.eta},
+                "seconds": waves.shape[1] / C.SAMPLE_RATE,
+                "options": {"sampler": options.sampler, "steps": options.steps, "guidance": options.guidance,
+                            "eta": options.eta, "start": clip.start, "duration": clip.duration},
             }, indent=1))
         return buf.getvalue(), "application/zip"
 
@@ -331,7 +353,9 @@ class Service:
             "batching": {"max_batch": s.max_batch, "batch_wait_ms": s.batch_wait_ms},
             "limits": {"max_upload_mb": s.max_upload_mb, "max_video_seconds": s.max_video_seconds,
                        "max_queue": s.max_queue, "deadline_s": s.deadline_s},
-            "audio": {"sample_rate": C.SAMPLE_RATE, "seconds": C.VIDEO_SECONDS},
+            "audio": {"sample_rate": C.SAMPLE_RATE, "window_seconds": C.WAVE_SAMPLES / C.SAMPLE_RATE,
+                      "max_seconds": s.max_video_seconds},
+            "sampling": self.pipe.dir.recommended,
             "options": {name: OPTIONS[name].json_schema() for name in FORM_OPTIONS},
             "formats": list(FORMATS),
         }

@@ -4,7 +4,8 @@
 ``batch_wait_ms`` of each other; ``plan_batches`` splits it into compatible groups
 (same ``GenerationOptions.batch_key``: steps, guidance, eta, hint mode) of at most
 ``max_items`` candidates, and ``run_batches`` makes one ``Pipeline.generate`` call
-per group. Candidates and energy edits may differ inside a group (they are per
+per group. A clip longer than one window (a ``VideoRequest``) is generated alone by
+``Pipeline.generate_video``: its windows run in order, each continuing the previous one. Candidates and energy edits may differ inside a group (they are per
 request). Every candidate has its own seeded generator, so a request's waveforms
 are the same bytes as when it runs alone (tests/test_serve_batching.py, and the
 service test against the CLI).
@@ -17,21 +18,26 @@ from collections.abc import Hashable, Sequence
 
 from rewas_rt.errors import RewasError
 from rewas_rt.options import GenerationOptions
-from rewas_rt.pipeline import Pipeline, Request, Result
+from rewas_rt.pipeline import Pipeline, Request, Result, VideoRequest
 
 
 @dataclasses.dataclass
 class Job:
     """One admitted request, decoded and validated, ready for the engines."""
 
-    request: Request
+    request: Request | VideoRequest  # VideoRequest: a clip of several windows, generated alone
     options: GenerationOptions
     size: int = 1  # room in a batch: job_size(candidates, max_items); @serve.batch counts it
     submitted: float = 0.0  # time.perf_counter() when it was queued (queue-wait metric)
 
     @property
     def candidates(self) -> int:
-        return self.request.candidates or self.options.candidates
+        return getattr(self.request, "candidates", None) or self.options.candidates
+
+    @property
+    def batch_key(self) -> Hashable:
+        """Jobs with equal keys can share a generate call; a whole-video job shares with none."""
+        return ("video", id(self)) if isinstance(self.request, VideoRequest) else self.options.batch_key
 
 
 @dataclasses.dataclass
@@ -82,12 +88,15 @@ def run_batches(pipe: Pipeline, jobs: Sequence[Job], max_items: int) -> list[Out
     """
     sizes = [job_size(j.candidates, max_items) for j in jobs]
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    for call, group in enumerate(plan_batches([j.options.batch_key for j in jobs], sizes, max_items)):
+    for call, group in enumerate(plan_batches([j.batch_key for j in jobs], sizes, max_items)):
         members = [jobs[i] for i in group]
         items = sum(j.candidates for j in members)
         t0 = time.perf_counter()
         try:
-            results = pipe.generate([j.request for j in members], _group_options(members))
+            if isinstance(members[0].request, VideoRequest):
+                results = [pipe.generate_video(members[0].request, members[0].options)]
+            else:
+                results = pipe.generate([j.request for j in members], _group_options(members))
         except RewasError as e:
             if len(group) == 1:
                 outcomes[group[0]] = Outcome(None, e, 1, items, time.perf_counter() - t0, call)
