@@ -342,6 +342,23 @@ def _copy_stream(resp, f, bar, hashers: Iterable[Any], limit: int | None = None)
     return n
 
 
+def _fill_part(src: Source, dest: Path, resp, opts: Options, total: int | None, have: int, *, append: bool,
+               limit: int | None = None) -> None:
+    """Write ``resp``'s body to ``dest.part`` (after its ``have`` bytes when ``append``) with a progress
+    bar; a full disk or an unwritable folder is a ReleaseError, a cut-off body a retryable one."""
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with open(part, "ab" if append else "wb", buffering=0) as f, _progress(opts, total, have, src.name) as bar:
+            _copy_stream(resp, f, bar, (), limit=limit)
+    except OSError as e:
+        if isinstance(e, (ConnectionError, socket.timeout, TimeoutError)):
+            raise
+        raise _os_error(src.name, dest, e) from None
+    got = part.stat().st_size
+    if total is not None and got < total:
+        raise _Retryable(f"download cut off at {got} of {total} bytes")
+
+
 def download_url(src: Source, dest: Path, opts: Options, url: str | None = None) -> str:
     """Download ``url`` to ``dest`` via ``dest.part`` (resumed by Range); returns the sha256."""
     url = url or src.location
@@ -377,17 +394,7 @@ def download_url(src: Source, dest: Path, opts: Options, url: str | None = None)
             resumed = resp.status == 206
             if have and not resumed:  # the server ignored Range: start over
                 have = 0
-            try:
-                with open(part, "ab" if resumed else "wb", buffering=0) as f, \
-                        _progress(opts, total, have, src.name) as bar:
-                    _copy_stream(resp, f, bar, ())
-            except OSError as e:
-                if isinstance(e, (ConnectionError, socket.timeout, TimeoutError)):
-                    raise
-                raise _os_error(src.name, dest, e) from None
-        got = part.stat().st_size
-        if total is not None and got < total:
-            raise _Retryable(f"download cut off at {got} of {total} bytes")
+            _fill_part(src, dest, resp, opts, total, have, append=resumed)
 
     def gave_up(reason: str) -> str:
         got = part.stat().st_size if part.exists() else 0
@@ -555,16 +562,7 @@ def _download_range(src: Source, dest: Path, offset: int, size: int, opts: Optio
         with _open(src.location, opts, offset + have, offset + size - 1) as resp:
             if resp.status != 206:
                 raise _Retryable("the server stopped honouring Range requests")
-            try:
-                with open(part, "ab", buffering=0) as f, _progress(opts, size, have, src.name) as bar:
-                    _copy_stream(resp, f, bar, (), limit=size - have)
-            except OSError as e:
-                if isinstance(e, (ConnectionError, socket.timeout, TimeoutError)):
-                    raise
-                raise _os_error(src.name, dest, e) from None
-        got = part.stat().st_size
-        if got < size:
-            raise _Retryable(f"download cut off at {got} of {size} bytes")
+            _fill_part(src, dest, resp, opts, size, have, append=True, limit=size - have)
 
     def gave_up(reason: str) -> str:
         return f"{reason}; check the network connection and run the same command again to resume"
