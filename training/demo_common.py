@@ -4,11 +4,15 @@ the command line (``trainlib``'s common arguments; ``--config demo`` reads
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from training import trainlib
+from training.demo_data import AudioArrays
 from training.models import presets
 
 
@@ -17,25 +21,26 @@ def model_config(cfg: dict, component: str):
     return presets.preset(cfg["model"])[component]
 
 
+def start_run(cfg: dict, out: Path, log=print) -> tuple[torch.device, Path, AudioArrays, AudioArrays]:
+    """Every demo trainer's start: the run folder with its ``config.json``, the device and
+    threads of ``cfg["train"]``, and the train / validation windows' audio arrays of the
+    data manifest. Returns (device, manifest path, train, val)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+    device = trainlib.pick_device(cfg["train"]["device"])
+    trainlib.setup_threads(cfg)
+    manifest = Path(cfg["data"]["manifest"])
+    return device, manifest, AudioArrays(manifest, "train", log), AudioArrays(manifest, "val", log)
+
+
 def main(argv, trainer: str, doc: str, defaults: dict, run: Callable[..., dict], summary: Callable[[dict], str],
          extra_args: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=f"python -m training.train_{trainer}", description=doc.split("\n\n")[0])
-    trainlib.add_common_args(p)
-    p.set_defaults(config="demo")
-    if extra_args:
-        extra_args(p)
-    args = p.parse_args(argv)
     try:
-        cfg = trainlib.resolve_config(args, trainer, defaults)
-        result = run(cfg, Path(args.out), args)
+        return trainlib.trainer_main(argv, trainer, doc, defaults, lambda cfg, args: run(cfg, Path(args.out), args),
+                                     summary, extra_args, default_config="demo")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    losses = (f", loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}"
-              if result.get("first_loss") is not None else "")
-    state = "done" if result.get("complete") else "stopped (time budget; --resume continues)"
-    print(f"{state}: step {result['step']}{losses}; " + summary(result))
-    return 0
 
 
 def val_summary(result: dict) -> str:

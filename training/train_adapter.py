@@ -24,7 +24,6 @@ the hint and with an all-zero hint (the gap shows how much the adapter uses the 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -220,17 +219,16 @@ def run(cfg: dict, out: Path, source: ComponentSource, resume: str | None = None
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.train_adapter", description=__doc__.split("\n\n")[0])
-    trainlib.add_common_args(p)
-    args = p.parse_args(argv)
-    cfg = trainlib.resolve_config(args, "adapter", DEFAULTS)
-    source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
-                         args.tokenizer)
-    result = run(cfg, args.out, source, args.resume, args.export_dir)
-    val = result.get("val") or {}
-    print(f"done: step {result['step']}, loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}"
-          + (f", val loss {val['val_loss']:.4f} (zero hint {val['val_loss_zero_hint']:.4f})" if val else ""))
-    return 0
+    def run_from_args(cfg: dict, args) -> dict:
+        source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
+                             args.tokenizer)
+        return run(cfg, args.out, source, args.resume, args.export_dir)
+
+    def summary(result: dict) -> str:
+        val = result.get("val") or {}
+        return f"val loss {val['val_loss']:.4f} (zero hint {val['val_loss_zero_hint']:.4f})" if val else ""
+
+    return trainlib.trainer_main(argv, "adapter", __doc__, DEFAULTS, run_from_args, summary)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ between captions of the same class vs different classes.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -34,8 +33,7 @@ from rewas_rt import constants as C
 from training import trainlib
 from training.config import ClapTrainerConfig
 from training.demo_common import main as demo_main
-from training.demo_common import model_config, val_summary
-from training.demo_data import AudioArrays
+from training.demo_common import model_config, start_run, val_summary
 from training.models.clap_text import ClapText
 from training.synthetic import CAPTIONS, CLASSES
 
@@ -104,13 +102,8 @@ def encode_texts(model: ClapText, tok, texts: list[str], device) -> torch.Tensor
 
 
 def run(cfg: dict, out: Path, args=None, log=print) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     t = cfg["train"]
-    device = trainlib.pick_device(t["device"])
-    trainlib.setup_threads(cfg)
-    manifest = Path(cfg["data"]["manifest"])
-    train, val = AudioArrays(manifest, "train", log), AudioArrays(manifest, "val", log)
+    device, manifest, train, val = start_run(cfg, out, log)
     text_cfg = model_config(cfg, COMPONENT)
     tok = fit_tokenizer(caption_corpus(), text_cfg.vocab_size)
     tok.save(str(out / TOKENIZER_FILE))

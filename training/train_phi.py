@@ -17,7 +17,6 @@ The Synchformer stays frozen; its features come from the feature cache.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -159,20 +158,19 @@ def run(cfg: dict, out: Path, source: ComponentSource, resume: str | None = None
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.train_phi", description=__doc__.split("\n\n")[0])
-    trainlib.add_common_args(p)
-    p.add_argument("--attention", choices=["time", "batch"], help="overrides phi.attention")
-    args = p.parse_args(argv)
-    cfg = trainlib.resolve_config(args, "phi", DEFAULTS)
-    if args.attention:
-        cfg["phi"]["attention"] = args.attention
-    source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
-                         args.tokenizer)
-    result = run(cfg, args.out, source, args.resume, args.export_dir)
-    val = result.get("val") or {}
-    print(f"done: step {result['step']}, loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}"
-          + (f", val energy MAE {val['val_energy_mae']:.4f}" if val else ""))
-    return 0
+    def run_from_args(cfg: dict, args) -> dict:
+        if args.attention:
+            cfg["phi"]["attention"] = args.attention
+        source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
+                             args.tokenizer)
+        return run(cfg, args.out, source, args.resume, args.export_dir)
+
+    def summary(result: dict) -> str:
+        val = result.get("val") or {}
+        return f"val energy MAE {val['val_energy_mae']:.4f}" if val else ""
+
+    return trainlib.trainer_main(argv, "phi", __doc__, DEFAULTS, run_from_args, summary, lambda p: p.add_argument(
+        "--attention", choices=["time", "batch"], help="overrides phi.attention"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ fixed timesteps with fixed noise, with the caption and with "" (the gap shows th
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -29,8 +28,7 @@ from training.config import UnetTrainerConfig
 from training.components import CheckpointSource, freeze
 from training.data import FeatureStore
 from training.demo_common import main as demo_main
-from training.demo_common import model_config, val_summary
-from training.demo_data import AudioArrays
+from training.demo_common import model_config, start_run, val_summary
 from training.models.unet import UNet
 from training.synthetic import CAPTIONS, CLASSES
 
@@ -56,16 +54,11 @@ def vae_moments(source: CheckpointSource, mels: np.ndarray, cache: Path, log=pri
 
 
 def run(cfg: dict, out: Path, args=None, log=print) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     t, u = cfg["train"], cfg["unet"]
     if not args or not args.checkpoints:
         raise ValueError("pass --checkpoints DIR with the trained vae, clap_text and tokenizer.json")
-    device = trainlib.pick_device(t["device"])
-    trainlib.setup_threads(cfg)
+    device, manifest, train, val = start_run(cfg, out, log)
     source = CheckpointSource(args.checkpoints)
-    manifest = Path(cfg["data"]["manifest"])
-    train, val = AudioArrays(manifest, "train", log), AudioArrays(manifest, "val", log)
     scale = float(source.config("vae").scale_factor)
     tr_m = torch.from_numpy(vae_moments(source, train.log_mel, out, log))
     va_m = torch.from_numpy(vae_moments(source, val.log_mel, out, log))

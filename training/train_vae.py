@@ -31,8 +31,7 @@ from training import trainlib
 from training.config import VaeTrainerConfig
 from training.checkpoints import load_component, save_component
 from training.demo_common import main as demo_main
-from training.demo_common import model_config, val_summary
-from training.demo_data import AudioArrays
+from training.demo_common import model_config, start_run, val_summary
 from training.models.vae import VAE
 
 COMPONENT = "vae"
@@ -46,13 +45,8 @@ def kl_loss(moments: torch.Tensor) -> torch.Tensor:
 
 
 def run(cfg: dict, out: Path, args=None, log=print) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     t, v = cfg["train"], cfg["vae"]
-    device = trainlib.pick_device(t["device"])
-    trainlib.setup_threads(cfg)
-    manifest = Path(cfg["data"]["manifest"])
-    train, val = AudioArrays(manifest, "train", log), AudioArrays(manifest, "val", log)
+    device, manifest, train, val = start_run(cfg, out, log)
     mels = torch.from_numpy(train.log_mel)  # (N, 512, 64)
     hints = torch.from_numpy(E.energy_to_vae_input(train.energy_512))[:, 0]  # (N, 512, 64)
     val_mels = torch.from_numpy(val.log_mel)

@@ -20,7 +20,6 @@ Pearson r between predicted and real energy (512 frames) and the constant-curve 
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -35,8 +34,8 @@ from training import trainlib
 from training.config import VideoTrainerConfig
 from training.data import energy_mae
 from training.demo_common import main as demo_main
-from training.demo_common import model_config, val_summary
-from training.demo_data import AudioArrays, FrameArrays
+from training.demo_common import model_config, start_run, val_summary
+from training.demo_data import FrameArrays
 from training.models.phi import Phi
 from training.models.synchformer import SynchformerVideoEncoder
 
@@ -56,15 +55,10 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(cfg: dict, out: Path, args=None, log=print) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     t, k = cfg["train"], int(cfg["video"]["segments"])
     if not 1 <= k <= C.SEGMENTS:
         raise ValueError(f"video.segments {k}: between 1 and {C.SEGMENTS}")
-    device = trainlib.pick_device(t["device"])
-    trainlib.setup_threads(cfg)
-    manifest = Path(cfg["data"]["manifest"])
-    train_a, val_a = AudioArrays(manifest, "train", log), AudioArrays(manifest, "val", log)
+    device, manifest, train_a, val_a = start_run(cfg, out, log)
     train_f, val_f = FrameArrays(manifest, "train", log), FrameArrays(manifest, "val", log)
     assert [w[1] for w in train_f.windows] == [w[1] for w in train_a.windows]
     sf_cfg, phi_cfg = model_config(cfg, "synchformer"), model_config(cfg, COMPONENT)

@@ -16,7 +16,6 @@ Validation: the same losses on full 5.12 s validation windows, and the log-mel L
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -29,8 +28,7 @@ from training import trainlib
 from training.config import VocoderTrainerConfig
 from training.audio_losses import log_mel, multi_resolution_stft_loss
 from training.demo_common import main as demo_main
-from training.demo_common import model_config, val_summary
-from training.demo_data import AudioArrays
+from training.demo_common import model_config, start_run, val_summary
 from training.models.hifigan import HiFiGAN
 
 COMPONENT = "vocoder"
@@ -45,13 +43,8 @@ def losses(model: HiFiGAN, mel: torch.Tensor, wave: torch.Tensor, stft_weight: f
 
 
 def run(cfg: dict, out: Path, args=None, log=print) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     t, v = cfg["train"], cfg["vocoder"]
-    device = trainlib.pick_device(t["device"])
-    trainlib.setup_threads(cfg)
-    manifest = Path(cfg["data"]["manifest"])
-    train, val = AudioArrays(manifest, "train", log), AudioArrays(manifest, "val", log)
+    device, manifest, train, val = start_run(cfg, out, log)
     mels, waves = torch.from_numpy(train.log_mel), torch.from_numpy(train.wave)
     voc_cfg = model_config(cfg, COMPONENT)
     with torch.random.fork_rng(devices=[]):

@@ -109,6 +109,29 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="override any config entry, e.g. --set optim.lr=1e-4 (repeatable)")
 
 
+def trainer_main(argv: list[str] | None, trainer: str, doc: str, schema: type,
+                 run: Callable[[dict, argparse.Namespace], dict], summary: Callable[[dict], str],
+                 extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
+                 default_config: str | None = None) -> int:
+    """Every trainer's command line: the common arguments (plus ``extra_args``), the resolved config,
+    ``run(cfg, args)``, and one closing line: done (or stopped by the time budget), the step, the
+    loss from first to last step and ``summary(result)``."""
+    p = argparse.ArgumentParser(prog=f"python -m training.train_{trainer}", description=doc.split("\n\n")[0])
+    add_common_args(p)
+    if default_config:
+        p.set_defaults(config=default_config)
+    if extra_args:
+        extra_args(p)
+    args = p.parse_args(argv)
+    result = run(resolve_config(args, trainer, schema), args)
+    losses = (f", loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}"
+              if result.get("first_loss") is not None else "")
+    state = "done" if result.get("complete", True) else "stopped (time budget; --resume continues)"
+    tail = summary(result)
+    print(f"{state}: step {result['step']}{losses}" + (f"; {tail}" if tail else ""))
+    return 0
+
+
 def resolve_config(args: argparse.Namespace, trainer: str, schema: type) -> dict:
     cfg = load_config(args.config, trainer, schema)
     for a in args.set:
