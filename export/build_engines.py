@@ -39,6 +39,8 @@ from rewas_rt import manifest as M
 from rewas_rt.atomic import atomic_write_text
 from rewas_rt.errors import RewasError, cli_main
 from rewas_rt.graphs import DYNAMIC_AXES, GRAPHS
+from rewas_rt.manifest import UNCONDITIONAL_HINTS
+from rewas_rt.samplers import SAMPLERS
 
 from export import manifest_sections as S
 from export.graph_table import GRAPH_EXPORTS
@@ -315,7 +317,9 @@ def build(args) -> Path:
         ),
         graphs=graphs,
         dynamic_axes={k: list(v) for k, v in DYNAMIC_AXES.items()},
-        scheduler=S.scheduler_section(*args.sampling_defaults),
+        scheduler=S.scheduler_section(*args.sampling_defaults, sampler=args.sampler,
+                                      guidance_interval=args.guidance_interval,
+                                      unconditional_hint=args.unconditional_hint),
         vae=S.vae_section(source.scale_factor),
         audio=S.audio_section(),
         video=S.video_section(source.feature_dim),
@@ -367,6 +371,13 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--sampling", nargs=3, metavar=("STEPS", "GUIDANCE", "ETA"),
                    help="recommended sampling written into the manifest (default: the original's "
                         "DDIM 200 steps, guidance 3, eta 1); rewas-rt uses it unless overridden")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="recommended sampler written into the manifest (default: none recorded = DDIM, the original's)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"), default=None,
+                   help="recommended guidance interval written into the manifest (default: guidance at every step)")
+    p.add_argument("--unconditional-hint", choices=UNCONDITIONAL_HINTS, default="zeros",
+                   help="hint of the guidance's unconditional branch: zeros (the original's) or same (the "
+                        "conditional branch's: guidance then amplifies the text only)")
     p.add_argument("--workspace-gib", type=float, default=None, help="TensorRT builder workspace limit")
     p.add_argument("--trt-typing", choices=("strong", "weak"), default="strong",
                    help="strong (default; TensorRT 10 and 11): engines from the FP16 graphs; weak (TensorRT 10 only): "
@@ -397,6 +408,19 @@ def parse_args(argv: list[str] | None):
         if not (1 <= steps <= 1000 and guidance >= 0 and 0 <= eta <= 1):
             p.error("--sampling: STEPS in 1..1000, GUIDANCE >= 0, ETA in [0, 1]")
         args.sampling_defaults = (steps, eta, guidance)  # scheduler_section's order
+    if args.guidance_interval is not None:
+        from rewas_rt.guidance import check_interval
+
+        try:
+            check_interval(args.guidance_interval)
+        except ValueError as e:
+            p.error(f"--guidance-interval: {e}")
+    # The options that shape the manifest's recommendation and the INT8 variants, for the recorded command.
+    shaping = ["--sampling", *args.sampling] if args.sampling else []
+    shaping += ["--sampler", args.sampler] if args.sampler else []
+    shaping += ["--guidance-interval", *map(str, args.guidance_interval)] if args.guidance_interval else []
+    shaping += ["--unconditional-hint", args.unconditional_hint] if args.unconditional_hint != "zeros" else []
+    shaping += ["--int8", ",".join(args.int8), "--int8-mode", args.int8_mode] if args.int8 else []
     if args.release:
         if args.checkpoints or args.random_weights or args.config:
             p.error("--release builds the released model: not with --checkpoints, --config or --random-weights")
@@ -405,9 +429,7 @@ def parse_args(argv: list[str] | None):
         words = ["python", "export/build_engines.py", "--release"]
         words += ["--dir", str(args.dir)] if args.dir else []
         words += ["--configs", str(args.configs)] if args.configs else []
-        words += ["--sampling", *args.sampling] if args.sampling else []
-        words += ["--int8", ",".join(args.int8), "--int8-mode", args.int8_mode] if args.int8 else []
-        args.command_line = shlex.join(words + ["--out", str(args.out)])
+        args.command_line = shlex.join(words + shaping + ["--out", str(args.out)])
         return args
     if args.dir or args.configs or args.trust_pickle:
         p.error("--dir, --configs and --trust-pickle go with --release")
@@ -440,12 +462,7 @@ def parse_args(argv: list[str] | None):
         words += ["--config", args.config, "--random-weights"] + (["--seed", str(args.seed)] if args.seed else [])
     if args.tokenizer:
         words += ["--tokenizer", str(args.tokenizer)]
-    if args.int8:
-        words += ["--int8", ",".join(args.int8), "--int8-mode", args.int8_mode]
-    if args.sampling:
-        words += ["--sampling", *args.sampling]
-    words += ["--out", str(args.out)]
-    args.command_line = shlex.join(words)
+    args.command_line = shlex.join(words + shaping + ["--out", str(args.out)])
     return args
 
 

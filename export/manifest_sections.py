@@ -38,10 +38,11 @@ def graph_io(spec: GraphSpec) -> dict[str, list[M.Tensor]]:
 
 
 def scheduler_section(default_steps: int = C.DDIM_STEPS, eta: float = C.ETA, guidance: float = C.GUIDANCE,
-                      sampler: str | None = None, guidance_interval: tuple[float, float] | None = None
-                      ) -> M.Scheduler:
+                      sampler: str | None = None, guidance_interval: tuple[float, float] | None = None,
+                      unconditional_hint: str = "zeros") -> M.Scheduler:
     """The schedule and the recommended sampling; ``sampler``/``guidance_interval`` are optional keys
-    (absent: DDIM with guidance everywhere, the original's)."""
+    (absent: DDIM with guidance everywhere, the original's). ``unconditional_hint``: "zeros" (the
+    original's) or "same" (M.Scheduler)."""
     from rewas_rt.ddim import linear_schedule
 
     betas, alphas_cumprod = linear_schedule()
@@ -53,7 +54,7 @@ def scheduler_section(default_steps: int = C.DDIM_STEPS, eta: float = C.ETA, gui
         prediction="eps",
         betas=[float(b) for b in betas],
         alphas_cumprod=[float(a) for a in alphas_cumprod.astype("float32")],  # the model's float32 buffer, exactly
-        default_steps=default_steps, eta=eta, guidance=guidance, unconditional_hint="zeros",
+        default_steps=default_steps, eta=eta, guidance=guidance, unconditional_hint=unconditional_hint,
         sampler=sampler, guidance_interval=list(guidance_interval) if guidance_interval else None,
     )
 

@@ -218,6 +218,9 @@ def _length_check(name: str, values: list, n: int) -> None:
         raise ValueError(f"{name} has {len(values)} values, expected {n}")
 
 
+UNCONDITIONAL_HINTS = ("zeros", "same")
+
+
 @dataclasses.dataclass
 class Scheduler:
     """DDIM over the original's linear beta schedule; betas and alphas_cumprod written out."""
@@ -234,6 +237,9 @@ class Scheduler:
     default_steps: int
     eta: float
     guidance: float
+    # The hint of classifier-free guidance's unconditional branch: "zeros" (the original's: that
+    # branch sees neither text nor energy, so guidance amplifies both) or "same" (the conditional
+    # branch's hint: guidance amplifies the text only, as ControlNet's non-guess mode).
     unconditional_hint: str
     # The recommended sampler (rewas_rt.samplers.SAMPLERS) and guidance interval [sigma_lo, sigma_hi]
     # next to default_steps/guidance/eta; absent in older manifests (DDIM, guidance everywhere).
@@ -241,6 +247,9 @@ class Scheduler:
     guidance_interval: list[float] | None = optional()
 
     def __post_init__(self):
+        if self.unconditional_hint not in UNCONDITIONAL_HINTS:
+            raise ValueError(f"scheduler.unconditional_hint {self.unconditional_hint!r} is not one of "
+                             f"{', '.join(UNCONDITIONAL_HINTS)}")
         _length_check("scheduler.betas", self.betas, self.train_steps)
         _length_check("scheduler.alphas_cumprod", self.alphas_cumprod, self.train_steps)
         from rewas_rt.guidance import check_interval

@@ -254,7 +254,9 @@ class Pipeline:
                 constrain: Constraint | None = None) -> np.ndarray:
         """``options.sampler`` with CFG for one batch whose rows draw x_T and step noise from ``rngs``."""
         x_T = np.stack([_normal(g, C.LATENT_SHAPE) for g in rngs])
-        uncond = {"film": np.repeat(self.unconditional_embedding(), len(rngs), 0), "hint": np.zeros_like(hint)}
+        same = self.dir.manifest.scheduler.unconditional_hint == "same"  # else "zeros", the original's
+        uncond = {"film": np.repeat(self.unconditional_embedding(), len(rngs), 0),
+                  "hint": hint if same else np.zeros_like(hint)}
         cond = {"film": film, "hint": hint}
 
         def noise_source(step: int, shape: Sequence[int]) -> np.ndarray:

@@ -129,3 +129,43 @@ def test_every_sampler_runs_whole_videos(pipe, tmp_path):
             assert rows == [2] * (2 * n)
     finally:
         pipe.denoise = denoise
+
+
+@pytest.mark.parametrize("mode", ["zeros", "same"])
+def test_unconditional_hint_follows_the_manifest(pipe, mode):
+    """scheduler.unconditional_hint: "zeros" (the original's) gives the unconditional rows a zero
+    hint; "same" gives them the conditional rows' hint (guidance then amplifies the text only)."""
+    seen = []
+    denoise, scheduler = pipe.denoise, pipe.dir.manifest.scheduler
+    old = scheduler.unconditional_hint
+    pipe.denoise = lambda x, t, c: seen.append(c["hint"].copy()) or denoise(x, t, c)
+    scheduler.unconditional_hint = mode
+    try:
+        pipe.generate([Request("rain", 3, energy=curve())], GenerationOptions(steps=2))
+    finally:
+        pipe.denoise, scheduler.unconditional_hint = denoise, old
+    hint = seen[0]
+    assert len(seen) == 2 and hint.shape[0] == 2 and np.abs(hint[1]).max() > 0  # rows: uncond, cond
+    if mode == "zeros":
+        assert not hint[0].any()
+    else:
+        np.testing.assert_array_equal(hint[0], hint[1])
+
+
+def test_build_engines_records_the_recommendation(tmp_path):
+    from export import manifest_sections as S
+    from export.build_engines import parse_args
+
+    args = parse_args(["--config", "tiny", "--random-weights", "--sampling", "15", "4", "0.5", "--sampler", "dpmpp-2m",
+                       "--guidance-interval", "0.3", "20", "--unconditional-hint", "same", "--out", str(tmp_path)])
+    for words in ("--sampler dpmpp-2m", "--guidance-interval 0.3 20.0", "--unconditional-hint same", "--sampling 15 4 0.5"):
+        assert words in args.command_line
+    s = S.scheduler_section(*args.sampling_defaults, sampler=args.sampler, guidance_interval=args.guidance_interval,
+                            unconditional_hint=args.unconditional_hint)
+    assert s.recommended == {"sampler": "dpmpp-2m", "steps": 15, "guidance": 4.0, "eta": 0.5,
+                             "guidance_interval": (0.3, 20.0)}
+    assert s.unconditional_hint == "same"
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "tiny", "--random-weights", "--guidance-interval", "2", "1", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="unconditional_hint"):
+        S.scheduler_section(unconditional_hint="half")

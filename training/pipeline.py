@@ -81,10 +81,11 @@ class TorchPipeline:
 
     @torch.no_grad()
     def sample(self, film: torch.Tensor, uncond_film: torch.Tensor, hint: torch.Tensor, schedule: DDIMSchedule,
-               guidance: float, noise: Noise) -> torch.Tensor:
-        """The original DDIM loop: uncond call, cond call, CFG, update (ddim.py p_sample_ddim)."""
+               guidance: float, noise: Noise, unconditional_hint: str = "zeros") -> torch.Tensor:
+        """The original DDIM loop: uncond call, cond call, CFG, update (ddim.py p_sample_ddim).
+        ``unconditional_hint`` "same": the uncond call sees the hint too (the manifest's option)."""
         x = torch.from_numpy(noise.x_T)
-        zero_hint = torch.zeros_like(hint)
+        zero_hint = hint if unconditional_hint == "same" else torch.zeros_like(hint)
         for step, i in enumerate(range(schedule.steps - 1, -1, -1)):
             t = torch.full((x.shape[0],), int(schedule.timesteps[i]), dtype=torch.int64)
             with self.timings.stage("unet_adapter"):
@@ -110,11 +111,12 @@ class TorchPipeline:
         return wave[:, 0, : C.WAVE_SAMPLES].numpy()
 
     def generate(self, video: np.ndarray, ids: np.ndarray, mask: np.ndarray, uncond_ids: np.ndarray,
-                 schedule: DDIMSchedule, guidance: float, noise: Noise) -> dict[str, np.ndarray]:
+                 schedule: DDIMSchedule, guidance: float, noise: Noise,
+                 unconditional_hint: str = "zeros") -> dict[str, np.ndarray]:
         energy = self.energy(video)
         hint = self.hint_latent(energy, noise.hint)
         film = self.text_embedding(ids, mask)
         uncond = self.text_embedding(uncond_ids, np.ones_like(uncond_ids)).expand(film.shape[0], -1)
         with self.timings.stage("sampler"):
-            latent = self.sample(film, uncond, hint, schedule, guidance, noise)
+            latent = self.sample(film, uncond, hint, schedule, guidance, noise, unconditional_hint)
         return {"energy": energy, "hint": hint.numpy(), "latent": latent.numpy(), "waveform": self.decode(latent)}
