@@ -142,7 +142,8 @@ def test_request_carries_video_prompt_options_and_key(client, clip, recorder, tm
     prompt = "pluie sur un toit ☔"
     proc = run_client(client, "--url", url(recorder), "--video", clip, "--prompt", prompt, "--out", out,
                       "--steps", "25", "--guidance", "3.5", "--eta", "0", "--seed", "9", "--candidates", "1",
-                      "--start", "0.5", "--hint-mean", "--energy-scale", "1.2", "--energy-offset", "-0.5",
+                      "--start", "0.5", "--duration", "full", "--sampler", "dpmpp-2m", "--guidance-interval-low",
+                      "0.3", "--guidance-interval-high", "20", "--hint-mean", "--energy-scale", "1.2", "--energy-offset", "-0.5",
                       "--energy-clip-min", "-9", "--energy-clip-max", "1", "--format", "wav",
                       "--energy-curve", curve, "--api-key-file", tmp_path / "key")
     assert proc.returncode == 0, proc.stderr
@@ -158,7 +159,8 @@ def test_request_carries_video_prompt_options_and_key(client, clip, recorder, tm
     assert parts["prompt"][1].decode("utf-8") == prompt
     text = {k: v.decode() for k, (_, v) in parts.items() if k not in ("video", "energy_curve", "prompt")}
     assert text == {"steps": "25", "guidance": "3.5", "eta": "0", "seed": "9", "candidates": "1", "start": "0.5",
-                    "hint_mean": "true", "energy_scale": "1.2", "energy_offset": "-0.5", "energy_clip_min": "-9",
+                    "duration": "full", "sampler": "dpmpp-2m", "guidance_interval_low": "0.3",
+                    "guidance_interval_high": "20", "hint_mean": "true", "energy_scale": "1.2", "energy_offset": "-0.5", "energy_clip_min": "-9",
                     "energy_clip_max": "1", "format": "wav"}
 
 
@@ -307,3 +309,14 @@ def test_service_refusals_reach_the_user(client, service, clip, tmp_path):
     proc = run_client(client, "--url", base, "--video", bad, "--prompt", "rain", "--out", out, "--api-key-file", key)
     assert proc.returncode == 1 and one_error_line(proc).startswith("error: HTTP 400: ")
     assert not out.exists()
+
+
+def test_the_client_knows_every_service_option():
+    """Every form option of the service has a client flag (a new option must be added to kValueOptions)."""
+    import re
+
+    api = pytest.importorskip("rewas_rt.serve.api", reason="the service needs the [serve] extra")
+    source = (SOURCE / "rewas_client.cpp").read_text()
+    table = source[source.index("kValueOptions = {"):source.index("};", source.index("kValueOptions = {"))]
+    fields = set(re.findall(r'\{"--[a-z-]+", "([a-z_]+)"\}', table)) | {"hint_mean"}  # hint_mean: a bare flag
+    assert set(api.FORM_OPTIONS) <= fields, sorted(set(api.FORM_OPTIONS) - fields)

@@ -2,6 +2,7 @@
 //
 //   rewas_client --url http://127.0.0.1:8000 --video clip.mp4 --prompt "rain on a roof" --out rain.wav
 //                [--steps N] [--guidance G] [--eta E] [--seed S] [--candidates N] [--start SECONDS]
+//                [--duration SECONDS|full] [--sampler NAME] [--guidance-interval-low/-high SIGMA]
 //                [--hint-mean] [--energy-scale X] [--energy-offset X] [--energy-clip-min X]
 //                [--energy-clip-max X] [--energy-curve FILE] [--format wav|mp4]
 //                [--api-key-file FILE] [--timeout SECONDS]
@@ -51,6 +52,10 @@ const std::vector<std::pair<std::string, std::string>> kValueOptions = {
     {"--seed", "seed"},
     {"--candidates", "candidates"},
     {"--start", "start"},
+    {"--duration", "duration"},
+    {"--sampler", "sampler"},
+    {"--guidance-interval-low", "guidance_interval_low"},
+    {"--guidance-interval-high", "guidance_interval_high"},
     {"--energy-scale", "energy_scale"},
     {"--energy-offset", "energy_offset"},
     {"--energy-clip-min", "energy_clip_min"},
