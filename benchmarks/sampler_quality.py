@@ -50,7 +50,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import quality as Q
-from rewas_rt import constants as C
 from rewas_rt.errors import cli_main
 from rewas_rt import energy as E
 
@@ -127,9 +126,9 @@ def generate_setting(pipe, clips: list[dict], sampler: str, steps: int, interval
     video, control = [], []
     t0 = time.perf_counter()
     try:
-        for i, c in enumerate(clips):
-            reqs = [Request(c["caption"], i + seed_offset, energy=c["phi_curve"]),
-                    Request(c["caption"], i + seed_offset, energy=c["true_curve"])]
+        for c in clips:  # seed = the clip's index in the split (the same in every shard)
+            reqs = [Request(c["caption"], c["index"] + seed_offset, energy=c["phi_curve"]),
+                    Request(c["caption"], c["index"] + seed_offset, energy=c["true_curve"])]
             v, k = pipe.generate(reqs, opts)
             video.append(v.waveforms[0])
             control.append(k.waveforms[0])
@@ -144,18 +143,28 @@ def logmel_distance(a: np.ndarray, b: np.ndarray) -> float:
                           for x, y in zip(a, b)]))
 
 
-def score(clips, video, control, clf, ref) -> dict:
-    er = [Q.pearson(Q.energy_curve(c["wave"]), Q.energy_curve(v)) for c, v in zip(clips, video)]
-    cr = [Q.energy_correlation(c["true_curve"], k)["energy_correlation"] for c, k in zip(clips, control)]
-    out = {"energy_r": float(np.nanmedian(er)), "control_r": float(np.nanmedian(cr)),
-           "class_acc": None, "logmel_dist_to_ddim200": None,
-           "finite": bool(np.isfinite(video).all() and np.isfinite(control).all())}
+def per_clip(clips, video, control, clf, ref) -> dict:
+    """Every metric per clip (lists in clip order): what shards write and the summary reads."""
+    out = {"energy_r": [Q.pearson(Q.energy_curve(c["wave"]), Q.energy_curve(v)) for c, v in zip(clips, video)],
+           "control_r": [Q.energy_correlation(c["true_curve"], k)["energy_correlation"]
+                         for c, k in zip(clips, control)],
+           "class_ok": None, "logmel_dist": None,
+           "finite": [bool(np.isfinite(v).all() and np.isfinite(k).all()) for v, k in zip(video, control)]}
     if clf is not None:
         pred = clf.predict(np.stack([features(v) for v in video]))
-        out["class_acc"] = float(np.mean([p == c.get("label") for p, c in zip(pred, clips)]))
+        out["class_ok"] = [bool(p == c.get("label")) for p, c in zip(pred, clips)]
     if ref is not None:
-        out["logmel_dist_to_ddim200"] = 0.5 * (logmel_distance(video, ref[0]) + logmel_distance(control, ref[1]))
+        out["logmel_dist"] = [0.5 * (logmel_distance(v[None], rv[None]) + logmel_distance(k[None], rk[None]))
+                              for v, k, rv, rk in zip(video, control, ref[0], ref[1])]
     return out
+
+
+def summarise(clip: dict) -> dict:
+    """The table's numbers from the per-clip lists: medians of r, share of right classes, mean distance."""
+    return {"energy_r": float(np.nanmedian(clip["energy_r"])), "control_r": float(np.nanmedian(clip["control_r"])),
+            "class_acc": None if clip["class_ok"] is None else float(np.mean(clip["class_ok"])),
+            "logmel_dist_to_ddim200": None if clip["logmel_dist"] is None else float(np.mean(clip["logmel_dist"])),
+            "finite": all(clip["finite"])}
 
 
 def evaluate(args, log=print) -> dict:
@@ -173,7 +182,9 @@ def evaluate(args, log=print) -> dict:
     if args.eta is not None:
         base["eta"] = args.eta
     clf = fit_classifier(args.data, log) if not args.no_classifier else None
-    rows = read_clips(args.data, args.split)[: args.limit or None]
+    rows = [{**r, "index": i} for i, r in enumerate(read_clips(args.data, args.split)[: args.limit or None])]
+    k, n = args.shard
+    rows = rows[k::n]  # this shard's clips (every n-th from the k-th): --merge joins the shards
     if not rows:
         raise SystemExit(f"error: {args.data}: no clips in split {args.split!r}")
     clips = []
@@ -196,21 +207,40 @@ def evaluate(args, log=print) -> dict:
             ref = (video, control)
         name = f"{sampler} {steps}" + (f", guidance σ∈({interval[0]:g}, {interval[1]:g}]" if gi else "") + \
             (f", other seed (+{offset})" if offset else "")
+        clip = per_clip(clips, video, control, clf, ref)
         rec = {"setting": name, "sampler": sampler, "steps": steps, "model_steps": model_calls(sampler, steps),
                "guidance_interval": list(interval) if interval else None, "seed_offset": offset,
                "unet_rows_per_request": unet_rows, "seconds_per_request": secs / (2 * len(clips)),
-               **score(clips, video, control, clf, ref)}
+               **summarise(clip), "per_clip": {"id": [c.get("id", str(i)) for i, c in enumerate(clips)], **clip}}
         results.append(rec)
         log(f"{name:48s} r {rec['energy_r']:+.3f} control {rec['control_r']:+.3f} "
             f"class {_pct(rec['class_acc'])} dist {_num(rec['logmel_dist_to_ddim200'])} "
             f"rows {unet_rows:.0f} {rec['seconds_per_request']:.2f}s/request")
     m = pipe.dir.manifest
-    return {"engines": str(args.engines), "model": m.get("model", {}).get("name"),
-            "weights": m.get("model", {}).get("weights"), "data": str(args.data), "split": args.split,
+    return {"engines": str(args.engines), "model": m.model.name,
+            "weights": m.model.weights, "data": str(args.data), "split": args.split, "shard": list(args.shard),
             "clips": len(clips), "guidance": base["guidance"], "eta": base["eta"],
             "classes": None if clf is None else [str(c) for c in clf.classes_],
             "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": shlex.join(["python", "benchmarks/sampler_quality.py", *args.argv]), "results": results}
+
+
+def merge(reports: list[dict]) -> dict:
+    """One report from shard reports of the same settings: per-clip lists joined, then summarised;
+    seconds per request averaged over the shards (each timed its own clips)."""
+    first = reports[0]
+    names = [[r["setting"] for r in rep["results"]] for rep in reports]
+    if any(n != names[0] for n in names):
+        raise SystemExit("error: --merge: the shards ran different settings")
+    results = []
+    for i, rec in enumerate(first["results"]):
+        recs = [rep["results"][i] for rep in reports]
+        clip = {key: None if recs[0]["per_clip"][key] is None else [v for r in recs for v in r["per_clip"][key]]
+                for key in recs[0]["per_clip"]}
+        secs = float(np.average([r["seconds_per_request"] for r in recs], weights=[len(r["per_clip"]["id"]) for r in recs]))
+        results.append({**rec, "seconds_per_request": secs, **summarise(clip), "per_clip": clip})
+    return {**first, "clips": sum(rep["clips"] for rep in reports), "shard": None,
+            "merged": [rep.get("command") for rep in reports], "results": results}
 
 
 def _pct(v) -> str:
@@ -232,14 +262,15 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['setting']} | {r['model_steps']} | {r['unet_rows_per_request']:.0f} | {r['energy_r']:.3f} | "
                      f"{r['control_r']:.3f} | {_pct(r['class_acc'])} | {_num(r['logmel_dist_to_ddim200'])} | "
                      f"{r['seconds_per_request']:.2f} |")
-    lines += ["", f"Command: `{report['command']}`", ""]
+    commands = report.get("merged") or [report["command"]]
+    lines += [""] + [f"Command: `{c}`" for c in commands] + [""]
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="sampler_quality.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--engines", type=Path, required=True, help="engine directory")
-    p.add_argument("--data", type=Path, required=True, help="manifest.jsonl of the clips (see the module doc)")
+    p.add_argument("--engines", type=Path, help="engine directory (required unless --merge)")
+    p.add_argument("--data", type=Path, help="manifest.jsonl of the clips (see the module doc; required unless --merge)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--limit", type=int, help="first N clips of the split only")
     p.add_argument("--settings", nargs="+", help=f"SAMPLER:STEPS[:gi] (default: {' '.join(DEFAULT_SETTINGS)})")
@@ -251,8 +282,14 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--no-noise-floor", action="store_true", help="skip the 'DDIM 200, other seed' row")
     p.add_argument("--no-classifier", action="store_true", help="skip text-class accuracy")
     p.add_argument("--quick", action="store_true", help=f"smoke run: 2 clips, {' '.join(QUICK_SETTINGS)}")
+    p.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("K", "N"),
+                   help="run every N-th clip from the K-th only (N processes in parallel, then --merge)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="join shard results (their sampler-quality.json) instead of running; with --out")
     p.add_argument("--out", type=Path, help="write sampler-quality.json and .md here")
     args = p.parse_args(argv)
+    if not 0 <= args.shard[0] < args.shard[1]:
+        p.error("--shard K N needs 0 <= K < N")
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.quick:
         args.limit = args.limit or 2
@@ -266,6 +303,13 @@ def parse_args(argv: list[str] | None):
         check_interval(args.guidance_interval)
     except ValueError as e:
         p.error(str(e))
+    if args.merge:
+        missing = [str(f) for f in args.merge if not f.is_file()]
+        if missing:
+            p.error(f"--merge: not found: {', '.join(missing)}")
+        return args
+    if args.engines is None or args.data is None:
+        p.error("--engines and --data are required (unless --merge)")
     if not (args.engines / "manifest.json").is_file():
         p.error(f"--engines {args.engines}: no manifest.json there")
     if not args.data.is_file():
@@ -278,7 +322,10 @@ def parse_args(argv: list[str] | None):
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = evaluate(args, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.merge:
+        report = merge([json.loads(Path(f).read_text()) for f in args.merge])
+    else:
+        report = evaluate(args, log=lambda m: print(m, file=sys.stderr, flush=True))
     md = markdown(report)
     print(md)
     if args.out:

@@ -53,9 +53,18 @@ STAGES: dict[str, dict] = {
     "adapter": {"module": "training.train_adapter", "needs": ["unet", "vae", "clap", "video", "vocoder"],
                 "components": {"adapter": "step"}, "checkpoints": True},
 }
-# Recommended sampling of the demo model, written into its manifest (rewas-rt uses them unless
+# Recommended sampling of the demo model, written into its manifest (rewas-rt uses it unless
 # overridden). Fewer steps than the released 200 (CPU time; see training/DEMO.md for what was measured).
-SAMPLING = {"steps": 20, "guidance": 3.0, "eta": 1.0}
+SAMPLING = {"sampler": "ddim", "steps": 20, "guidance": 3.0, "eta": 1.0, "unconditional_hint": "zeros"}
+
+
+def build_command(ckpt: Path, engines: Path) -> list[str]:
+    """export/build_engines.py for the demo's engine directory, its recommended sampling in the manifest."""
+    s = SAMPLING
+    return [sys.executable, str(Path(__file__).resolve().parents[1] / "export" / "build_engines.py"),
+            "--checkpoints", str(ckpt), "--out", str(engines), "--name", "demo", "--no-tensorrt",
+            "--sampling", str(s["steps"]), str(s["guidance"]), str(s["eta"]), "--sampler", s["sampler"],
+            "--unconditional-hint", s["unconditional_hint"]]
 
 
 def stage_done(run: Path) -> bool:
@@ -163,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trained so far; components still missing for an engine directory: {', '.join(missing)}")
         return 0
     engines = root / "engines"
-    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "export" / "build_engines.py"),
-           "--checkpoints", str(ckpt), "--out", str(engines), "--name", "demo", "--no-tensorrt",
-           "--sampling", str(SAMPLING["steps"]), str(SAMPLING["guidance"]), str(SAMPLING["eta"])]
+    cmd = build_command(ckpt, engines)
     print(" ".join(cmd[1:]), flush=True)
     rc = subprocess.call(cmd, env=env)
     if rc:
