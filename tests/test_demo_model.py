@@ -49,8 +49,7 @@ def run():
     from rewas_rt.video import load_video
 
     pipe = Pipeline(demo_engine_dir(), backend="onnxruntime-cpu", threads=1)
-    d = pipe.dir.sampling_defaults
-    opts = GenerationOptions(steps=d["steps"], guidance=d["guidance"], eta=d["eta"])
+    opts = GenerationOptions(**pipe.dir.recommended)  # the manifest's sampling, as `rewas-rt infer` uses it
     frames = load_video(SAMPLE, 0.0).frames
     true = Q.load_wave(SAMPLE)
     curve = E.energy_target(E.normalize_wav(Q.fit_window(true)))
