@@ -55,7 +55,7 @@ STAGES: dict[str, dict] = {
 }
 # Recommended sampling of the demo model, written into its manifest (rewas-rt uses it unless
 # overridden). Fewer steps than the released 200 (CPU time; see training/DEMO.md for what was measured).
-SAMPLING = {"sampler": "ddim", "steps": 20, "guidance": 3.0, "eta": 1.0, "unconditional_hint": "zeros"}
+SAMPLING = {"sampler": "dpmpp-2m-sde", "steps": 15, "guidance": 3.0, "eta": 1.0, "unconditional_hint": "same"}
 
 
 def build_command(ckpt: Path, engines: Path) -> list[str]:
