@@ -19,7 +19,6 @@ FP32 against ``Pipeline(..., int8=[graph])`` on every clip of the split (seed = 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import quality as Q
+from benchmarks.report import publish
 from benchmarks.sampler_quality import features, fit_classifier, logmel_distance, read_clips, true_wave
 from rewas_rt import energy as E
 from rewas_rt.errors import cli_main
@@ -145,12 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_file():
         p.error(f"--data {args.data}: not found")
     rep = evaluate(args, log=lambda m: print(m, file=sys.stderr, flush=True))
-    md = markdown(rep)
-    print(md)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "int8-quality.json").write_text(json.dumps(rep, indent=1) + "\n")
-        (args.out / "int8-quality.md").write_text(md)
+    publish(rep, markdown(rep), args.out, "int8-quality")
     return 0
 
 

@@ -50,6 +50,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import quality as Q
+from benchmarks.report import publish
 from rewas_rt.errors import cli_main
 from rewas_rt import energy as E
 
@@ -326,12 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         report = merge([json.loads(Path(f).read_text()) for f in args.merge])
     else:
         report = evaluate(args, log=lambda m: print(m, file=sys.stderr, flush=True))
-    md = markdown(report)
-    print(md)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "sampler-quality.json").write_text(json.dumps(report, indent=1) + "\n")
-        (args.out / "sampler-quality.md").write_text(md)
+    publish(report, markdown(report), args.out, "sampler-quality")
     return 0
 
 

@@ -223,6 +223,18 @@ def open_source(checkpoints: Path | None, preset: str, random_weights: bool, see
     raise ConfigError("no base components: pass --checkpoints DIR (canonical) or --random-weights")
 
 
+
+def run_on_source(run):
+    """``trainlib.trainer_main``'s run for a trainer on base components (φ, adapter): open them as
+    the command line says (``--checkpoints`` or ``--random-weights``, ``--tokenizer``) and call
+    ``run(cfg, out, source, resume, export_dir)``."""
+    def go(cfg: dict, args) -> dict:
+        source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
+                             args.tokenizer)
+        return run(cfg, args.out, source, args.resume, args.export_dir)
+
+    return go
+
 def export_canonical(out: Path, source: ComponentSource,
                      trained: Mapping[str, tuple[Mapping[str, torch.Tensor], ModelConfig, dict]]) -> list[Path]:
     """Write a complete canonical folder: the trained components, every other one from ``source``

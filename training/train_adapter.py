@@ -37,7 +37,7 @@ from rewas_rt.atomic import atomic_write_text
 from rewas_rt.errors import ConfigError, cli_main
 from training import trainlib
 from training.config import AdapterTrainerConfig
-from training.components import ComponentSource, freeze, open_source
+from training.components import ComponentSource, freeze, run_on_source
 from training.data import FeatureStore, read_manifest, windows
 from training.models.adapter import Adapter, AdapterConfig
 from training.models.denoiser import Denoiser
@@ -219,16 +219,11 @@ def run(cfg: dict, out: Path, source: ComponentSource, resume: str | None = None
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    def run_from_args(cfg: dict, args) -> dict:
-        source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
-                             args.tokenizer)
-        return run(cfg, args.out, source, args.resume, args.export_dir)
-
     def summary(result: dict) -> str:
         val = result.get("val") or {}
         return f"val loss {val['val_loss']:.4f} (zero hint {val['val_loss_zero_hint']:.4f})" if val else ""
 
-    return trainlib.trainer_main(argv, "adapter", __doc__, DEFAULTS, run_from_args, summary)
+    return trainlib.trainer_main(argv, "adapter", __doc__, DEFAULTS, run_on_source(run), summary)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from rewas_rt.atomic import atomic_write_text
 from rewas_rt.errors import ConfigError, cli_main
 from training import trainlib
 from training.config import PhiTrainerConfig
-from training.components import ComponentSource, open_source
+from training.components import ComponentSource, run_on_source
 from training.data import FeatureStore, energy_mae, read_manifest, windows
 from training.models.phi import Phi, PhiConfig
 
@@ -161,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_from_args(cfg: dict, args) -> dict:
         if args.attention:
             cfg["phi"]["attention"] = args.attention
-        source = open_source(args.checkpoints, cfg["model"], args.random_weights, cfg["random_weights_seed"],
-                             args.tokenizer)
-        return run(cfg, args.out, source, args.resume, args.export_dir)
+        return run_on_source(run)(cfg, args)
 
     def summary(result: dict) -> str:
         val = result.get("val") or {}
