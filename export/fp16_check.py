@@ -166,7 +166,7 @@ def _analyse(path: Path):
 
 def _node_name(g: _Graph, i: int) -> str:
     """The node's name as TensorRT's ONNX parser reports it (``node_of_<output>`` when unnamed)."""
-    from export.fp16_graph import parser_node_name
+    from export.onnx_names import parser_node_name
 
     return parser_node_name(g.model.graph.node[i])
 

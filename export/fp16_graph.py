@@ -48,6 +48,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
+from export.onnx_names import parser_node_name
+
 CONVERTER = "onnxruntime.transformers.float16"
 EXTERNAL_DATA_BYTES = 1 << 30  # FP16 weights above this go to <graph>.fp16.onnx.data (as export_onnx does)
 
@@ -59,14 +61,6 @@ class Fp16GraphError(RuntimeError):
 def fp16_name(graph: str) -> str:
     """File name of a graph's FP16 variant inside an engine directory."""
     return f"{graph}.fp16.onnx"
-
-
-def parser_node_name(node) -> str:
-    """The name TensorRT's ONNX parser gives a node: its own, or ``node_of_<first output>``
-    when it has none (onnx-tensorrt ``getNodeName``)."""
-    if not node.name and len(node.output):
-        return f"node_of_{node.output[0]}"
-    return node.name
 
 
 def name_unnamed_nodes(model) -> int:

@@ -157,7 +157,7 @@ def pin_fp32(network, onnx_nodes: Iterable[str], constant_nodes: Iterable[str] =
 def _constant_nodes(onnx_path: Path) -> set[str]:
     import onnx
 
-    from export.fp16_graph import parser_node_name
+    from export.onnx_names import parser_node_name
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     return {parser_node_name(n) for n in model.graph.node if n.op_type == "Constant"}

@@ -418,7 +418,7 @@ class FakeOnnxParser:
     def parse_from_file(self, path):
         import onnx
 
-        from export.fp16_graph import parser_node_name
+        from export.onnx_names import parser_node_name
 
         try:
             model = onnx.load(str(path), load_external_data=False)
