@@ -117,7 +117,8 @@ def test_non_finite_engine_output_is_an_error_not_audio(pipe, monkeypatch):
 
 # ---- the CLI: each flag, each bad value -> one `error:` line naming the option, exit 2 ----------
 
-CLI_FLAGS = ["steps", "guidance", "eta", "seed", "candidates", "start", "threads", "energy_scale", "energy_offset"]
+CLI_FLAGS = ["steps", "guidance", "eta", "seed", "candidates", "start", "duration", "threads", "energy_scale",
+             "energy_offset"]
 
 
 @pytest.mark.parametrize("name", CLI_FLAGS)
