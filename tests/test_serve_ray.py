@@ -203,8 +203,9 @@ def test_overload_gets_503_with_retry_after(server, clip):
                       b"\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: 100000\r\n\r\n"
                       b"--B\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nrain\r\n")
             stalled.append(s)
-        for _ in range(100):
-            if requests.get(url + "/healthz", timeout=10).json()["queue"] >= MAX_QUEUE:
+        for _ in range(100):  # until the service has admitted them all; meanwhile Ray's router may still
+            h = requests.get(url + "/healthz", timeout=10)  # hold them and drop this probe (its own plain 503)
+            if h.status_code == 200 and h.json()["queue"] >= MAX_QUEUE:
                 break
             time.sleep(0.1)
         r = post(url, clip.read_bytes(), timeout=30)
@@ -214,7 +215,8 @@ def test_overload_gets_503_with_retry_after(server, clip):
         for s in stalled:
             s.close()
     for _ in range(100):  # the stalled requests end when their clients go away
-        if requests.get(url + "/healthz", timeout=10).json()["queue"] == 0:
+        h = requests.get(url + "/healthz", timeout=10)
+        if h.status_code == 200 and h.json()["queue"] == 0:
             break
         time.sleep(0.1)
     metrics = requests.get(url + "/metrics", headers=AUTH, timeout=10).text
