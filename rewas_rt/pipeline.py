@@ -360,14 +360,21 @@ class Pipeline:
 
     def _generate_one_window(self, request: VideoRequest, options: GenerationOptions, plan: WindowPlan,
                              progress: Callable[[int, int, str], None] | None) -> Result:
-        frames = None
-        if request.energy is None:
-            frames = load_video(request.video, request.start).frames
-        energy = None if request.energy is None else resize_nearest(
-            np.asarray(request.energy, np.float32).reshape(-1), C.MEL_FRAMES)
-        (res,) = self.generate([Request(request.prompt, request.seed, frames=frames, energy=energy)], options,
+        (res,) = self.generate([window_request(request)], options,
                                None if progress is None else lambda d, t: progress(d, t, "window 1/1"))
         return Result(res.waveforms[:, :plan.samples], res.energy, res.seed)
+
+
+def window_request(request: VideoRequest, candidates: int | None = None,
+                   energy_edit: EnergyEdit | None = None) -> Request:
+    """The one-window ``Request`` of a clip that fits in one window (``plan_clip`` gave one): the
+    window's frames decoded from ``start`` (none when a curve replaces them), the curve resampled
+    to the window's 512 frames. ``generate`` of it is ``generate_video`` of the clip, uncut."""
+    frames = None if request.energy is not None else load_video(request.video, request.start).frames
+    energy = None if request.energy is None else resize_nearest(
+        np.asarray(request.energy, np.float32).reshape(-1), C.MEL_FRAMES)
+    return Request(request.prompt, request.seed, frames=frames, energy=energy, candidates=candidates,
+                   energy_edit=energy_edit)
 
 
 def window_rng(seed: int, candidate: int, window: int) -> np.random.Generator:

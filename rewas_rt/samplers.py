@@ -29,9 +29,9 @@ import numpy as np
 
 from rewas_rt import constants as C
 from rewas_rt import ddim
-from rewas_rt.guidance import Guided, Model, check_interval
+from rewas_rt.ddim import NoiseSource
+from rewas_rt.guidance import Guided, Model
 
-NoiseSource = Callable[[int, tuple[int, ...]], np.ndarray]
 Callback = Callable[[int, np.ndarray, np.ndarray], None]
 
 SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde")
@@ -157,8 +157,7 @@ def sample_with(
 ) -> np.ndarray:
     """Run ``sampler`` (one of ``SAMPLERS``) with ``steps`` steps; ``eta`` is DDIM's only;
     ``constrain`` (window overlap) as in ``ddim.sample``."""
-    check_interval(guidance_interval)
-    if sampler == "ddim":
+    if sampler == "ddim":  # both samplers validate the interval (rewas_rt.guidance.Guided)
         return ddim.sample(model, x_T, cond, uncond, ddim.make_schedule(steps, eta), guidance, noise_source,
                            callback, constrain=constrain, guidance_interval=guidance_interval)
     if sampler in ("dpmpp-2m", "dpmpp-2m-sde"):

@@ -286,8 +286,7 @@ class Service:
         that ``Pipeline.generate_video`` decodes window by window (never the whole video in memory)."""
         from rewas_rt import media
         from rewas_rt.energy_control import load_curve
-        from rewas_rt.pipeline import Request, plan_clip
-        from rewas_rt.video import load_video
+        from rewas_rt.pipeline import plan_clip, window_request
 
         with media.open_input(clip.video) as container:
             duration = container.duration / 1e6 if container.duration else None
@@ -296,14 +295,11 @@ class Service:
                                  f"{self.settings.max_video_seconds:g} s")
         with _warnings_logged():
             plan = plan_clip(clip, options.windows)  # start/duration checked against the video
+            if curve_file is not None:
+                clip.energy = load_curve(curve_file, frames=None)  # stretched over the whole clip
             if len(plan) > 1:
-                if curve_file is not None:
-                    clip.energy = load_curve(curve_file, frames=None)  # stretched over the whole clip
                 return clip, plan
-            frames = load_video(clip.video, start=clip.start).frames if curve_file is None else None
-        curve = load_curve(curve_file) if curve_file is not None else None
-        return Request(prompt=clip.prompt, seed=clip.seed, frames=frames, energy=curve,
-                       candidates=options.candidates, energy_edit=options.energy_edit), plan
+            return window_request(clip, options.candidates, options.energy_edit), plan
 
     def _encode(self, tmp: Path, clip, waves: np.ndarray, fmt: str, seed: int,
                 options: GenerationOptions) -> tuple[bytes, str]:
