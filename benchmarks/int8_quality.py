@@ -30,7 +30,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from benchmarks import quality as Q
 from benchmarks.report import publish
-from benchmarks.sampler_quality import features, fit_classifier, logmel_distance, read_clips, true_wave
+from benchmarks.demo_quality import features
+from benchmarks.sampler_quality import fit_classifier, logmel_distance, read_clips, true_wave
 from rewas_rt import energy as E
 from rewas_rt.errors import cli_main
 

@@ -50,6 +50,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import quality as Q
+from benchmarks.demo_quality import features
+from benchmarks.demo_quality import fit_classifier as fit_waves
 from benchmarks.report import publish
 from rewas_rt.errors import cli_main
 from rewas_rt import energy as E
@@ -90,24 +92,14 @@ def true_wave(manifest: Path, row: dict) -> np.ndarray:
     return E.normalize_wav(Q.fit_window(wave.reshape(-1)))
 
 
-def features(wave: np.ndarray) -> np.ndarray:
-    """Log-mel statistics of a waveform: per-bin mean, std and mean |Δ| over frames (3 × 64)."""
-    lm = E.log_mel(E.normalize_wav(Q.fit_window(wave)))
-    return np.concatenate([lm.mean(0), lm.std(0), np.abs(np.diff(lm, axis=0)).mean(0)]).astype(np.float64)
-
-
 def fit_classifier(manifest: Path, log=print):
-    """Logistic regression on the train split's real audio; None when the clips have no labels."""
+    """The demo's classifier (``demo_quality.fit_classifier``: logistic regression on log-mel statistics)
+    fitted on the train split's real audio, one window per clip; None when the clips have no labels."""
     rows = [r for r in read_clips(manifest, "train") if r.get("label")]
     if len({r["label"] for r in rows}) < 2:
         log("no labelled train split: text-class accuracy is not measured")
         return None
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x = np.stack([features(true_wave(manifest, r)) for r in rows])
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, [r["label"] for r in rows])
+    clf = fit_waves(np.stack([true_wave(manifest, r) for r in rows]), [r["label"] for r in rows])
     log(f"classifier: {len(rows)} train clips, {len(clf.classes_)} classes")
     return clf
 
