@@ -51,6 +51,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from rewas_rt.atomic import atomic_path
 from rewas_rt.errors import RewasError, cli_main
+from rewas_rt.manifest import sha256_file
 
 DEFAULT_DIR = Path("~/.cache/rewas-rt/release")
 STATE_NAME = "release.json"
@@ -210,14 +211,6 @@ def _gb(n: int | float) -> str:
 
 def _host(url: str) -> str:
     return urllib.parse.urlsplit(url).netloc or url
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 23), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _git_blob_sha1(path: Path) -> str:

@@ -29,19 +29,12 @@ from torch import nn
 
 from rewas_rt.atomic import atomic_path, temp_name
 from rewas_rt.errors import ConfigError, MissingFileError
+from rewas_rt.manifest import sha256_file
 from training.checkpoints import COMPONENTS, CheckpointError, load_component, load_config, save_component
 from training.models import presets
 from training.models.config import ModelConfig
 
 TOKENIZER_FILE = "tokenizer.json"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tensor_hash(state: Mapping[str, torch.Tensor] | nn.Module) -> str:

@@ -61,22 +61,31 @@ def _roberta_pipeline(tok):
     return tok
 
 
-def train_tiny(vocab_size: int):
-    """A deterministic byte-level BPE with exactly ``vocab_size`` tokens (>= 261)."""
+def fit_bpe(corpus, vocab_size: int):
+    """A byte-level BPE trained deterministically on ``corpus`` (an iterable of texts), at most
+    ``vocab_size`` tokens, with RoBERTa's special tokens, ids and pipeline."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    base = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
-    if vocab_size < base:
-        raise TokenizerError(f"a byte-level BPE needs at least {base} tokens, the CLAP vocabulary has {vocab_size}")
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
                                   special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_tiny_corpus(), trainer)
+    tok.train_from_iterator(corpus, trainer)
+    return _roberta_pipeline(tok)
+
+
+def train_tiny(vocab_size: int):
+    """A deterministic byte-level BPE with exactly ``vocab_size`` tokens (>= 261)."""
+    from tokenizers import pre_tokenizers
+
+    base = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
+    if vocab_size < base:
+        raise TokenizerError(f"a byte-level BPE needs at least {base} tokens, the CLAP vocabulary has {vocab_size}")
+    tok = fit_bpe(_tiny_corpus(), vocab_size)
     if tok.get_vocab_size() != vocab_size:
         raise TokenizerError(f"the built-in corpus gives {tok.get_vocab_size()} tokens, not {vocab_size}")
-    return _roberta_pipeline(tok)
+    return tok
 
 
 def from_folder(folder: str | Path):

@@ -36,10 +36,10 @@ from training.demo_common import main as demo_main
 from training.demo_common import model_config, start_run, val_summary
 from training.models.clap_text import ClapText
 from training.synthetic import CAPTIONS, CLASSES
+from training.tokenizer import fit_bpe
 
 COMPONENT = "clap_text"
 TOKENIZER_FILE = "tokenizer.json"
-SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # RoBERTa ids 0..4
 DEFAULTS = ClapTrainerConfig  # the typed config (training/config.py)
 
 
@@ -49,19 +49,7 @@ def caption_corpus() -> list[str]:
 
 def fit_tokenizer(captions: list[str], vocab_size: int):
     """A byte-level BPE with RoBERTa's conventions fitted to ``captions`` (at most ``vocab_size`` tokens)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
-                                  special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(captions, trainer)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
-                                                      add_prefix_space=False)
-    tok.enable_truncation(max_length=C.TEXT_MAX_TOKENS)
-    tok.no_padding()
+    tok = fit_bpe(captions, vocab_size)
     if tok.encode("").ids != [0, 2] or tok.get_vocab_size() > vocab_size:
         raise ValueError("fitted tokenizer does not follow RoBERTa's conventions")
     return tok
