@@ -19,7 +19,6 @@ import http.server
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.local_net import free_port
 from tests.media_files import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,12 +75,6 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     return lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------ 1. stand-in server

@@ -319,11 +319,9 @@ def test_access_denied_is_one_line(server, release, tmp_path, code):
 
 
 def test_no_network_is_one_line(server, release, tmp_path):
-    import socket
+    from tests.local_net import free_port
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     dead = f"http://127.0.0.1:{port}"
     sources = tuple(dataclasses.replace(s, location=dead + "/x.pt") if s.kind == "url" else s
                     for s in release.sources if s.name in (ck.REWAS_FILE, SYNC))

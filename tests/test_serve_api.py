@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -23,17 +22,12 @@ requests = pytest.importorskip("requests", reason="the tests talk HTTP with requ
 from rewas_rt.options import OPTIONS  # noqa: E402
 from rewas_rt.serve.api import FORM_OPTIONS, Service, build_fastapi, openapi_json  # noqa: E402
 from rewas_rt.serve.settings import ServeSettings  # noqa: E402
+from tests.local_net import free_port  # noqa: E402
 from tests.media_files import write_video  # noqa: E402
 from tests.test_options import bad_values  # noqa: E402
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ pytest.importorskip("ray.serve", reason="the service needs the [serve] extra (ra
 requests = pytest.importorskip("requests", reason="the tests talk HTTP with requests")
 
 from rewas_rt.cli import main  # noqa: E402
+from tests.local_net import free_port  # noqa: E402
 from tests.media_files import write_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +36,6 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 STEPS = "2"
 MAX_QUEUE = 8
 START_TIMEOUT = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
