@@ -20,9 +20,14 @@ Runs the NumPy runtime (``rewas_rt.pipeline.Pipeline``, ONNX Runtime CPU) on eve
   **swap** generations (same video, the bare word of class (k+3) mod 6) classified as the
   swapped class;
 * **sanity**: every generated clip finite, peak ≤ 1 and not silent (RMS > 1e-3);
+* **before the vocoder**: the same class, swap and energy-r scores on the log-mel the VAE
+  decoder hands to the vocoder (the classifier's features are log-mel statistics, so it reads
+  a log-mel as well as a waveform): what the diffusion part makes, apart from the vocoder;
 * **reconstruction** (test audio, through the engine directory's own graphs): VAE
   (encode → posterior mean → decode) log-mel L1, vocoder (true log-mel → waveform) log-mel
-  L1, and both through VAE + vocoder; the classifier's accuracy on the real test audio.
+  L1, and both through VAE + vocoder; the classifier's accuracy on the real test audio, and on
+  it through the vocoder and through VAE + vocoder (the most the class score can reach with
+  this decoder chain).
 
 Requires scikit-learn (``pip install rewas-rt[bench]``).
 """
@@ -50,8 +55,28 @@ TARGETS = {"energy_r_median": 0.6, "av_align_ratio": 0.8, "control_r_median": 0.
 
 def features(wave: np.ndarray) -> np.ndarray:
     """Log-mel statistics of a waveform: per-bin mean, std and mean |Δ| over frames (192,)."""
-    lm = E.log_mel(E.normalize_wav(Q.fit_window(wave)))
-    return np.concatenate([lm.mean(0), lm.std(0), np.abs(np.diff(lm, axis=0)).mean(0)]).astype(np.float64)
+    return mel_features(E.log_mel(E.normalize_wav(Q.fit_window(wave))))
+
+
+def mel_features(lm: np.ndarray) -> np.ndarray:
+    """The same statistics of a log-mel (frames × 64 bins)."""
+    lm = np.asarray(lm, np.float64)
+    return np.concatenate([lm.mean(0), lm.std(0), np.abs(np.diff(lm, axis=0)).mean(0)])
+
+
+class MelTap:
+    """Keeps every log-mel the pipeline's VAE decoder hands to its vocoder (``Pipeline.decode_mel``)."""
+
+    def __init__(self, pipe):
+        self.mels: list[np.ndarray] = []
+        inner = pipe.decode_mel
+
+        def tap(latent: np.ndarray) -> np.ndarray:
+            mel = inner(latent)
+            self.mels.extend(mel)
+            return mel
+
+        pipe.decode_mel = tap
 
 
 def fit_classifier(waves: np.ndarray, labels: np.ndarray):
@@ -93,6 +118,7 @@ def evaluate(engines: str | Path, manifest: Path, steps: int | None = None, guid
 
     t0 = time.perf_counter()
     pipe = Pipeline(engines, backend="onnxruntime-cpu", threads=1)
+    tap = MelTap(pipe)
     rec = pipe.dir.recommended  # the manifest's sampling, as `rewas-rt infer` uses it
     opts = GenerationOptions(**{**rec, **{k: v for k, v in (("steps", steps), ("guidance", guidance), ("eta", eta))
                                           if v is not None}})
@@ -118,9 +144,12 @@ def evaluate(engines: str | Path, manifest: Path, steps: int | None = None, guid
                 Request(r["caption"], i, energy=np.full(C.MEL_FRAMES, phi_curve.mean(), np.float32)),
                 Request(r["caption"], i, energy=true_curve),
                 Request(swap, i, frames=clip.frames)]
+        tap.mels.clear()
         video, flat, control, swapped = (res.waveforms[0] for res in pipe.generate(reqs, opts))
+        video_mel, swapped_mel = tap.mels[0], tap.mels[3]
         true_e = Q.energy_curve(wave)
-        pred = clf.predict(np.stack([features(video), features(swapped)]))
+        pred = clf.predict(np.stack([features(video), features(swapped),
+                                     mel_features(video_mel), mel_features(swapped_mel)]))
         rec = {
             "id": r["id"], "label": r["label"], "caption": r["caption"], "swap_prompt": swap,
             "energy_r": Q.pearson(true_e, Q.energy_curve(video)),
@@ -131,6 +160,8 @@ def evaluate(engines: str | Path, manifest: Path, steps: int | None = None, guid
             "av_align_true": Q.av_align(gray, fps, wave)["av_align"],
             "control_r": Q.energy_correlation(true_curve, control)["energy_correlation"],
             "class_pred": CLASSES[int(pred[0])], "swap_pred": CLASSES[int(pred[1])],
+            "energy_r_mel": Q.pearson(true_e, E.energy_from_log_mel(video_mel)),
+            "class_pred_mel": CLASSES[int(pred[2])], "swap_pred_mel": CLASSES[int(pred[3])],
             "sane": all(sane(w) for w in (video, control, swapped)),  # the requests a user makes
             "flat_sane": sane(flat),  # the flat-curve probe (a constant curve): reported on its own
         }
@@ -139,8 +170,10 @@ def evaluate(engines: str | Path, manifest: Path, steps: int | None = None, guid
             f"control {rec['control_r']:+.2f} av {rec['av_align']:.2f}/{rec['av_align_true']:.2f} "
             f"class {rec['class_pred']} swap->{rec['swap_pred']} ({swap})")
     for rec, w, y, lab in zip(per_clip, test_w, test_y, reconstruction(pipe, test_w)):
+        waves = lab.pop("waves")
         rec.update(lab)
-        rec["real_pred"] = CLASSES[int(clf.predict(features(w)[None])[0])]
+        preds = clf.predict(np.stack([features(w), features(waves[0]), features(waves[1])]))
+        rec["real_pred"], rec["vocoder_pred"], rec["vae_vocoder_pred"] = (CLASSES[int(p)] for p in preds)
     return finish({"engines": str(engines), "model": pipe.dir.manifest.model.name,
                    "sampling": {"sampler": opts.sampler, "steps": opts.steps, "guidance": opts.guidance, "eta": opts.eta,
                                 "unconditional_hint": pipe.dir.manifest.scheduler.unconditional_hint},
@@ -153,7 +186,9 @@ def finish(result: dict) -> dict:
     summary = summarize(per_clip)
     for k in ("vae_recon_logmel_l1", "vocoder_recon_logmel_l1", "vae_vocoder_recon_logmel_l1"):
         summary[k] = float(np.mean([c[k] for c in per_clip]))
-    summary["classifier_test_acc_real_audio"] = float(np.mean([c["real_pred"] == c["label"] for c in per_clip]))
+    for k, key in (("real_audio", "real_pred"), ("vocoder", "vocoder_pred"), ("vae_vocoder", "vae_vocoder_pred")):
+        if all(key in c for c in per_clip):  # results from before a metric existed lack it
+            summary[f"classifier_test_acc_{k}"] = float(np.mean([c[key] == c["label"] for c in per_clip]))
     return {**result, "clips": per_clip, "test_clips": len(per_clip), "summary": summary, "targets": TARGETS}
 
 
@@ -171,6 +206,10 @@ def summarize(per_clip: list[dict]) -> dict:
          "swap_acc": float(np.mean([c["swap_pred"] == c["swap_prompt"] for c in per_clip])),
          "sane": float(np.mean([c["sane"] for c in per_clip])),
          "flat_sane": float(np.mean([c.get("flat_sane", True) for c in per_clip]))}
+    if all("class_pred_mel" in c for c in per_clip):
+        s.update(energy_r_mel_median=med("energy_r_mel"),
+                 class_acc_mel=float(np.mean([c["class_pred_mel"] == c["label"] for c in per_clip])),
+                 swap_acc_mel=float(np.mean([c["swap_pred_mel"] == c["swap_prompt"] for c in per_clip])))
     s["av_align_ratio"] = s["av_align_mean"] / s["av_align_true_mean"] if s["av_align_true_mean"] else float("nan")
     s["av_align_flat_ratio"] = (s["av_align_flat_mean"] / s["av_align_true_mean"]
                                 if s["av_align_true_mean"] else float("nan"))
@@ -178,17 +217,18 @@ def summarize(per_clip: list[dict]) -> dict:
 
 
 def reconstruction(pipe, waves: np.ndarray) -> list[dict]:
+    """Per test clip: the three reconstruction errors, and ``waves`` = (vocoder(true log-mel),
+    vocoder(VAE(true log-mel)))."""
     out = []
     for w in waves:
         lm = E.log_mel(w).astype(np.float32)  # w is normalised already
         moments = pipe._run("vae_encoder", mel=lm[None, None])
-        z = pipe.dir.scale_factor * moments[:, :C.LATENT_SHAPE[0]]
-        rec = pipe._run("vae_decoder", latent=np.ascontiguousarray(z))[0, 0]
-        voc = pipe._run("vocoder", mel=np.ascontiguousarray(lm.T[None]))[0, 0, :C.WAVE_SAMPLES]
-        both = pipe._run("vocoder", mel=np.ascontiguousarray(rec.T[None]))[0, 0, :C.WAVE_SAMPLES]
+        rec = pipe.decode_mel(pipe.dir.scale_factor * moments[:, :C.LATENT_SHAPE[0]])[0]
+        voc, both = pipe.vocode(np.stack([lm, rec]))
         out.append({"vae_recon_logmel_l1": float(np.mean(np.abs(rec - lm))),
                     "vocoder_recon_logmel_l1": float(np.mean(np.abs(E.log_mel(E.normalize_wav(voc)) - lm))),
-                    "vae_vocoder_recon_logmel_l1": float(np.mean(np.abs(E.log_mel(E.normalize_wav(both)) - lm)))})
+                    "vae_vocoder_recon_logmel_l1": float(np.mean(np.abs(E.log_mel(E.normalize_wav(both)) - lm))),
+                    "waves": (voc, both)})
     return out
 
 
@@ -222,6 +262,18 @@ def table(result: dict) -> str:
         f"| VAE + vocoder reconstruction, log-mel L1 (nats) | {s['vae_vocoder_recon_logmel_l1']:.3f} | – | – | – |",
         f"| classifier on the real test audio | {100 * s['classifier_test_acc_real_audio']:.0f} % | – | – | – |",
     ]
+    if "class_acc_mel" in s:
+        lines += [
+            f"| *before the vocoder:* energy r of the generated log-mel (median) | {s['energy_r_mel_median']:.3f} "
+            "| – | – | – |",
+            f"| *before the vocoder:* prompted class of the generated log-mel | {100 * s['class_acc_mel']:.0f} % "
+            "| – | – | – |",
+            f"| *before the vocoder:* prompt swap → swapped class | {100 * s['swap_acc_mel']:.0f} % | – | – | – |",
+        ]
+    for k, what in (("vocoder", "through the vocoder"), ("vae_vocoder", "through VAE + vocoder")):
+        if f"classifier_test_acc_{k}" in s:
+            lines.append(f"| classifier on the real test audio {what} | {100 * s[f'classifier_test_acc_{k}']:.0f} % "
+                         "| – | – | – |")
     return "\n".join(lines)
 
 

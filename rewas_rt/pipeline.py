@@ -196,11 +196,18 @@ class Pipeline:
             return self._run("unet_adapter", x_t=x, timesteps=t, film=cond["film"], hint=cond["hint"])
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
-        """Latents (B, 8, 128, 16) -> waveforms (B, 81920)."""
+        """Latents (B, 8, 128, 16) -> waveforms (B, 81920): ``vocode(decode_mel(latent))``."""
+        return self.vocode(self.decode_mel(latent))
+
+    def decode_mel(self, latent: np.ndarray) -> np.ndarray:
+        """Latents (B, 8, 128, 16) -> log-mels (B, 512, 64) (frames × mel bins; the VAE decoder)."""
         with self.timings.stage("vae_decoder"):
-            mel = self._run("vae_decoder", latent=latent)
+            return self._run("vae_decoder", latent=np.ascontiguousarray(latent))[:, 0]
+
+    def vocode(self, mel: np.ndarray) -> np.ndarray:
+        """Log-mels (B, 512, 64) -> waveforms (B, 81920) (the HiFi-GAN vocoder)."""
         with self.timings.stage("vocoder"):
-            wave = self._run("vocoder", mel=np.ascontiguousarray(mel[:, 0].transpose(0, 2, 1)))
+            wave = self._run("vocoder", mel=np.ascontiguousarray(np.asarray(mel, np.float32).transpose(0, 2, 1)))
         return wave[:, 0, : C.WAVE_SAMPLES]
 
     # ---- generation ---------------------------------------------------------------------

@@ -76,3 +76,21 @@ def test_prompt_sets_the_class():
     # path gives one class for both). Not asserted, a documented miss: "hum" with the impact
     # clip's curve came out "whoosh" (the curve's bursts win over the text).
     assert pred == ["impact", "hum"], pred
+
+
+def test_mel_tap_sees_what_the_vocoder_gets():
+    """demo_quality's before-the-vocoder scores read the log-mel Pipeline.decode_mel hands to
+    Pipeline.vocode: vocoding the tapped log-mels must give exactly the generated waveforms, and
+    the classifier's features of a waveform are its log-mel's."""
+    from benchmarks.demo_quality import MelTap, mel_features
+    from rewas_rt.pipeline import GenerationOptions, Pipeline, Request
+
+    pipe = Pipeline(demo_engine_dir(), backend="onnxruntime-cpu", threads=1)
+    tap = MelTap(pipe)
+    curve = np.linspace(-8.0, -2.0, 512, dtype=np.float32)
+    res = pipe.generate([Request("beep", 3, energy=curve), Request("rain", 4, energy=curve[::-1].copy())],
+                        GenerationOptions(steps=2))
+    assert len(tap.mels) == 2 and tap.mels[0].shape == (512, 64)
+    np.testing.assert_array_equal(pipe.vocode(np.stack(tap.mels)), np.concatenate([r.waveforms for r in res]))
+    wave = res[0].waveforms[0]
+    np.testing.assert_array_equal(features(wave), mel_features(E.log_mel(E.normalize_wav(Q.fit_window(wave)))))
