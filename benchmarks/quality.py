@@ -66,7 +66,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from rewas_rt import constants as C
 from rewas_rt.atomic import atomic_write_text
 from rewas_rt.errors import cli_main
-from rewas_rt.energy import energy_from_log_mel, energy_target, log_mel, normalize_wav
+from rewas_rt.energy import energy_from_log_mel, energy_target, log_mel, normalize_wav, pearson
 
 # --------------------------------------------------------------------------- energy
 
@@ -98,16 +98,6 @@ def energy_mae(generated: np.ndarray | Sequence[np.ndarray], reference: np.ndarr
     if len(gen) != len(ref) or not gen:
         raise ValueError(f"need the same non-zero number of generated and reference clips ({len(gen)} vs {len(ref)})")
     return curve_mae(np.stack([energy_curve(g) for g in gen]), np.stack([energy_curve(r) for r in ref]))
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two equal-length curves; NaN when either is constant."""
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"curves differ in length: {a.size} vs {b.size}")
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b / den) if den > 0 else float("nan")
 
 
 def energy_correlation(control: np.ndarray, generated: np.ndarray) -> dict[str, float]:

@@ -115,3 +115,14 @@ def energy_to_vae_input(energy: np.ndarray) -> np.ndarray:
     """(B, 512) energy -> (B, 1, 512, N_MELS): each frame's value in every mel bin."""
     energy = np.asarray(energy, dtype=np.float32)
     return np.repeat(energy[:, None, :, None], C.N_MELS, axis=-1)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equal-length curves; NaN when either is constant (training's
+    validation and the quality benchmarks score energy curves with it)."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"curves differ in length: {a.size} vs {b.size}")
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt(float(a @ a) * float(b @ b)))
+    return float(a @ b / den) if den > 0 else float("nan")

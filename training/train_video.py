@@ -48,12 +48,6 @@ def window_segments(frames: FrameArrays, w: int) -> np.ndarray:
     return segments(normalize(frames.window_frames(w)))[0]
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    d = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / d) if d > 0 else float("nan")
-
-
 def run(cfg: dict, out: Path, args=None, log=print) -> dict:
     t, k = cfg["train"], int(cfg["video"]["segments"])
     if not 1 <= k <= C.SEGMENTS:
@@ -93,7 +87,7 @@ def run(cfg: dict, out: Path, args=None, log=print) -> dict:
             preds.append(phi(feats).squeeze(-1)[0].cpu().numpy())
         pred = np.stack(preds)
         target = val_a.energy_512
-        rs = [pearson(E.energy_from_phi(p[None])[0], tg) for p, tg in zip(pred, target)]
+        rs = [E.pearson(E.energy_from_phi(p[None])[0], tg) for p, tg in zip(pred, target)]
         return {"val_energy_mae": energy_mae(pred, target), "val_energy_r_median": float(np.nanmedian(rs)),
                 "val_mae_constant_baseline": energy_mae(np.full_like(pred, mean_target), target)}
 
