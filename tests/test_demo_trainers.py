@@ -148,3 +148,19 @@ def test_adapter_config_derived_from_the_unet_when_the_folder_has_none():
     a = adapter_config(NoAdapter(), unet)
     assert (a.model_channels, a.channel_mult, a.attention_resolutions, a.legacy) == (
         unet.model_channels, unet.channel_mult, unet.attention_resolutions, unet.legacy)
+
+
+def test_demo_command_compares_its_weights_with_the_builtin_model(tmp_path):
+    """training.demo ends by saying which components came out as the shipped model's (weight ids
+    in both manifests): all of them for the built-in directory itself, and exactly the changed
+    one for a manifest whose UNet weights differ."""
+    from rewas_rt.builtin import demo_engine_dir
+    from training.demo import compare_with_builtin
+
+    same, differ = compare_with_builtin(demo_engine_dir())
+    assert differ == [] and len(same) == 7
+    m = json.loads((demo_engine_dir() / "manifest.json").read_text())
+    m["model"]["components"]["unet"]["weights"] = "0" * 64
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    same, differ = compare_with_builtin(tmp_path)
+    assert differ == ["unet"] and "unet" not in same and len(same) == 6

@@ -67,6 +67,18 @@ def build_command(ckpt: Path, engines: Path) -> list[str]:
             "--unconditional-hint", s["unconditional_hint"]]
 
 
+def compare_with_builtin(engines: Path, builtin: Path | None = None) -> tuple[list[str], list[str]]:
+    """(components whose trained weights are the built-in demo model's, those that differ), by the
+    weight ids (SHA-256 of each component's safetensors) both manifests record."""
+    from rewas_rt.builtin import demo_engine_dir
+    from rewas_rt.manifest import read_manifest
+
+    ours = read_manifest(engines).model.components
+    theirs = read_manifest(builtin or demo_engine_dir()).model.components
+    same = [c for c in ours if c in theirs and ours[c].weights == theirs[c].weights]
+    return same, [c for c in ours if c not in same]
+
+
 def stage_done(run: Path) -> bool:
     try:
         return bool(json.loads((run / "result.json").read_text()).get("complete"))
@@ -178,6 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     if rc:
         return rc
     print(f"demo model: {engines} ({time.perf_counter() - t_start:.0f} s in all)")
+    try:
+        same, differ = compare_with_builtin(engines)
+    except Exception as e:  # noqa: BLE001 -- a report line, not a failure of the run
+        print(f"not compared with the built-in demo model: {e}")
+        return 0
+    if differ:
+        print(f"weights differ from the built-in demo model's (rewas_rt/demo_engines) in: {', '.join(differ)}"
+              f"; the same in: {', '.join(same) or 'none'}")
+    else:
+        print(f"weights: all {len(same)} components identical to the built-in demo model's (rewas_rt/demo_engines)")
     return 0
 
 
