@@ -43,7 +43,7 @@ import numpy as np
 from rewas_rt import constants as C
 from rewas_rt.atomic import atomic_write_text
 from rewas_rt.errors import RewasError, cli_main
-from rewas_rt.graphs import GRAPHS, GraphSpec
+from rewas_rt.graphs import GRAPHS, GraphSpec, graph_names
 
 from export.graph_table import GRAPH_EXPORTS
 from training.models.presets import RANDOM_INIT_VERSION, component_seed, randomize_
@@ -479,11 +479,10 @@ def source_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 def parse_graphs(value: str | None, parser: argparse.ArgumentParser) -> list[str]:
     if not value:
         return list(GRAPHS)
-    names = [g.strip() for g in value.split(",") if g.strip()]
-    unknown = [g for g in names if g not in GRAPHS]
-    if unknown:
-        parser.error(f"unknown graph(s) {', '.join(unknown)} (known: {', '.join(GRAPHS)})")
-    return names
+    try:
+        return graph_names(value)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from rewas_rt.errors import RewasError, cli_main
-from rewas_rt.graphs import GRAPHS, GraphSpec
+from rewas_rt.graphs import GRAPHS, GraphSpec, graph_names
 
 MODES = ("dynamic", "static")
 # Graphs an INT8 variant is offered for, and the op types quantized per mode. Synchformer: the ViT's
@@ -56,11 +56,11 @@ def int8_name(graph: str) -> str:
 
 
 def parse_graphs(text: str) -> list[str]:
-    names = [g.strip() for g in text.split(",") if g.strip()]
-    bad = [g for g in names if g not in OP_TYPES]
-    if bad or not names:
-        raise ValueError(f"--int8: {', '.join(bad) or '(empty)'} not quantizable; choose from {', '.join(OP_TYPES)}")
-    return names
+    """The graphs of a ``--int8`` value; only those with an INT8 variant (OP_TYPES) are allowed."""
+    try:
+        return graph_names(text, OP_TYPES)
+    except ValueError as e:
+        raise ValueError(f"--int8: {e}") from None
 
 
 class _Reader:

@@ -126,3 +126,15 @@ GRAPHS: dict[str, GraphSpec] = {
         ),
     )
 }
+
+
+def graph_names(text: str, allowed=None) -> list[str]:
+    """The names in a comma-separated list (``"unet_adapter, vocoder"``), each one of ``allowed``
+    (default: every graph); ValueError naming the ones that are not, or saying the list is empty."""
+    allowed = list(GRAPHS if allowed is None else allowed)
+    names = [g.strip() for g in str(text).split(",") if g.strip()]
+    bad = [g for g in names if g not in allowed]
+    if bad or not names:
+        raise ValueError(f"{', '.join(bad) + ': not among' if bad else 'no graph names; choose from'} "
+                         f"{', '.join(allowed)}")
+    return names

@@ -36,7 +36,7 @@ from rewas_rt import constants as C
 from rewas_rt.ddim import check_steps
 from rewas_rt.energy_control import EnergyEdit
 from rewas_rt.errors import InputError
-from rewas_rt.graphs import GRAPHS
+from rewas_rt.graphs import graph_names
 from rewas_rt.samplers import SAMPLERS
 from rewas_rt.windows import WindowOptions
 
@@ -199,10 +199,7 @@ def _check_steps(steps: int) -> None:
 
 
 def _check_int8(text: str) -> None:
-    names = [g.strip() for g in text.split(",") if g.strip()]
-    unknown = [g for g in names if g not in GRAPHS]
-    if not names or unknown:
-        raise ValueError(f"expected comma-separated graph names ({', '.join(GRAPHS)}), got {text!r}")
+    graph_names(text)
 
 
 def int8_graphs(text: str | None) -> list[str]:
@@ -210,7 +207,7 @@ def int8_graphs(text: str | None) -> list[str]:
     if not text:
         return []
     parse("int8", text)
-    return [g.strip() for g in text.split(",") if g.strip()]
+    return graph_names(text)
 
 
 _OPTIONS = [
