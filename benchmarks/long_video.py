@@ -1,6 +1,6 @@
 """Time and peak memory of whole-video generation against the video's length (issue #12).
 
-    python benchmarks/long_video.py --engines /tmp/tiny --seconds 5 30 120 --steps 2
+    python benchmarks/long_video.py --engines /tmp/tiny --seconds 5 30 120 --steps 2 --out benchmarks/results --name long-video-tiny-2cpu
 
 Each length runs in its own subprocess (so its peak RSS is its own): write a synthetic video
 (320×240, 25 fps, H.264), then ``Pipeline.generate_video`` on it — energy from the video over
@@ -20,6 +20,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import publish  # noqa: E402
 
 
 def _hwm_mib() -> float:
@@ -50,6 +54,18 @@ def worker(engines: str, seconds: float, steps: int, threads: int | None) -> dic
                 "stages_s": dict(pipe.timings)}
 
 
+def markdown(rows: list[dict], threads: int | None) -> str:
+    """The results as a table, one row per length."""
+    lines = [f"{rows[0]['steps'] if rows else '?'} steps, ONNX Runtime CPU, "
+             f"{threads or 'default'} thread(s), one subprocess per length", "",
+             "| clip | windows | wall | per window | peak RSS | after loading engines |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seconds']:g} s | {r['windows']} | {r['wall_s']:.1f} s | {r['wall_s'] / r['windows']:.2f} s "
+                     f"| {r['peak_rss_mib']:.1f} MiB | {r['peak_rss_loaded_mib']:.1f} MiB |")
+    return "\n".join(lines) + "\n"
+
+
 from rewas_rt.errors import cli_main  # noqa: E402
 
 
@@ -60,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, nargs="+", default=[5, 30, 120])
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int)
-    p.add_argument("--out", help="write the results as JSON")
+    p.add_argument("--out", type=Path, help="write NAME.json and NAME.md here")
+    p.add_argument("--name", default="long-video", help="file name stem of the results (default long-video)")
     p.add_argument("--worker", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is not None:
@@ -79,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['wall_s'] / r['windows']:5.2f} s/window  peak RSS {r['peak_rss_mib']:7.1f} MiB "
               f"(after loading {r['peak_rss_loaded_mib']:.1f})", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+        publish({"engines": args.engines, "threads": args.threads, "rows": rows}, markdown(rows, args.threads),
+                args.out, args.name)
     return 0
 
 

@@ -161,3 +161,19 @@ def test_pipelines_report_every_stage_call_to_the_timing_hook(tiny_engines):
     names = [c[0] for c in calls]
     assert names.count("unet_adapter") == 8  # two model calls per step: the reference loop
     assert names.count("sampler") == 1 and {"synchformer", "phi", "vae_decoder", "vocoder"} <= set(names)
+
+
+def test_long_video_publishes_json_and_table(tiny_engines, tmp_path):
+    """benchmarks/long_video.py on a 3-second clip: one row per length, written through
+    benchmarks.report.publish (NAME.json and NAME.md), from a measured subprocess run."""
+    engines, _ = tiny_engines
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "long_video.py"), "--engines", str(engines),
+                           "--seconds", "3", "--steps", "1", "--threads", "1", "--out", str(tmp_path), "--name", "lv"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "lv.json").read_text())
+    (row,) = report["rows"]
+    assert row["seconds"] == 3 and row["windows"] >= 1 and row["samples"] == 3 * 16000 and row["wall_s"] > 0
+    assert row["peak_rss_mib"] >= row["peak_rss_loaded_mib"] > 0
+    assert "| 3 s | %d |" % row["windows"] in (tmp_path / "lv.md").read_text()
