@@ -9,8 +9,10 @@ generator's 32 extra output samples are cut, as at generation). Loss: L1 between
 of generated and real audio (HiFi-GAN's mel loss, in the input's own mel space via
 ``training.audio_losses.log_mel``) + ``vocoder.stft_weight`` · multi-resolution STFT loss
 (spectral convergence + log-magnitude L1 at three resolutions). HiFi-GAN's discriminators are
-left out: within the demo's CPU budget they did not pay for themselves (the synthetic sounds are
-noise bursts, buzzes and hums that these two losses already pin down).
+not implemented (``trainlib`` drives one optimizer). They were never measured. The measurements
+in training/DEMO.md ("Toward the targets") show that these two losses alone leave a buzz that a
+log-mel classifier hears as hum, and that more steps lower the L1 without reliably removing it.
+An adversarial stage is therefore the next thing to try for this vocoder.
 
 Validation: the same losses on full 5.12 s validation windows, and the log-mel L1.
 """
