@@ -2,7 +2,7 @@
 joins against the same measures inside windows, for each way of joining (rewas_rt/windows.py).
 
     python benchmarks/seams.py --engines /tmp/tiny --seconds 20 --steps 10 --seeds 3
-    python benchmarks/seams.py --engines engines/rewas-m --steps 50 --out benchmarks/results/seams.json
+    python benchmarks/seams.py --engines engines/rewas-m --steps 50 --out benchmarks/results --name seams-rewas-m
 
 The clip is synthetic with a known continuous sound: its energy curve (the curve drives the
 sound's loudness, rewas_rt/energy_control.py) is a slow sine around a constant level, the
@@ -21,7 +21,6 @@ its maximum are within ``tolerance`` × those inside.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import publish  # noqa: E402
 from rewas_rt import constants as C  # noqa: E402
 from rewas_rt.windows import FRAME_SAMPLES, WINDOW, WindowPlan  # noqa: E402
 
@@ -283,22 +283,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="candidates (each its own seed stream), batched")
     p.add_argument("--overlap", type=float, default=1.28)
     p.add_argument("--threads", type=int)
-    p.add_argument("--out", help="write the raw results as JSON")
+    p.add_argument("--out", type=Path, help="write NAME.json (raw results) and NAME.md (the tables) here")
+    p.add_argument("--name", default="seams-run", help="file name stem of the results (default seams-run)")
     args = p.parse_args(argv)
-    results = {"args": vars(args)}
+    results = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     results["oracle"] = oracle_compare(args.seconds, args.steps, args.seeds, args.overlap)
-    print("Gaussian-process model + partials decoder (known continuous sound):")
-    print(table(results["oracle"]))
-    print("latent |Δz| per frame, joins vs inside (max; p99):")
+    md = ["Gaussian-process model + partials decoder (known continuous sound):", "", table(results["oracle"]), "",
+          "latent |Δz| per frame, joins vs inside (max; p99):", ""]
     for g, r in results["oracle"]["latent_steps"].items():
-        print(f"  {g:20s} joins {r['joins_max']:.3f}; {r['joins_p99']:.3f}   inside {r['inside_max']:.3f}; "
-              f"{r['inside_p99']:.3f}")
+        md.append(f"    {g:20s} joins {r['joins_max']:.3f}; {r['joins_p99']:.3f}   inside {r['inside_max']:.3f}; "
+                  f"{r['inside_p99']:.3f}")
     if args.engines:
         results["pipeline"] = compare(args.engines, args.seconds, args.steps, args.seeds, args.overlap, args.threads)
-        print(f"\nrewas_rt pipeline on {args.engines}:")
-        print(table(results["pipeline"]))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        md += ["", f"rewas_rt pipeline on {args.engines}:", "", table(results["pipeline"])]
+    publish(results, "\n".join(md) + "\n", args.out, args.name)
     return 0
 
 

@@ -123,3 +123,18 @@ def test_constraint_weights_and_levels():
     x = c(np.zeros((1, 1, 16, 1), np.float32), 0.25)
     np.testing.assert_allclose(x[0, 0, :, 0], [0.5] * 4 + [0.5 * w for w in (0.875, 0.625, 0.375, 0.125)] + [0] * 8)
     np.testing.assert_array_equal(c(np.zeros((1, 1, 16, 1), np.float32), 1.0)[0, 0, :4, 0], 1.0)
+
+
+def test_seams_benchmark_publishes_json_and_tables(tmp_path):
+    """benchmarks/seams.py (oracle only: no engines) writes NAME.json with the measured methods
+    and NAME.md with their table, through benchmarks.report.publish."""
+    import json
+
+    from benchmarks.seams import main
+
+    assert main(["--seconds", "8", "--steps", "2", "--seeds", "1", "--out", str(tmp_path), "--name", "s"]) == 0
+    results = json.loads((tmp_path / "s.json").read_text())
+    md = (tmp_path / "s.md").read_text()
+    assert results["args"]["out"] == str(tmp_path) and results["oracle"]["methods"]
+    for name in results["oracle"]["methods"]:
+        assert f"| {name} |" in md
