@@ -198,10 +198,6 @@ def _check_steps(steps: int) -> None:
     check_steps(steps)
 
 
-def _check_int8(text: str) -> None:
-    graph_names(text)
-
-
 def int8_graphs(text: str | None) -> list[str]:
     """The graph names of a validated ``int8`` value (None or empty: none)."""
     if not text:
@@ -237,7 +233,7 @@ _OPTIONS = [
     Option("threads", int, None, "ONNX Runtime CPU threads (default: physical cores)", 1, 1024, nullable=True),
     Option("int8", str, None, "run these graphs' INT8 variants, comma-separated (e.g. synchformer; CPU backend; "
            "built with build_engines --int8; faster, not bit-exact: see benchmarks/README.md)",
-           check=_check_int8, nullable=True),
+           check=graph_names, nullable=True),
 ]
 OPTIONS: dict[str, Option] = {o.name: o for o in _OPTIONS}
 
