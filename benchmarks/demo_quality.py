@@ -180,6 +180,11 @@ def evaluate(engines: str | Path, manifest: Path, steps: int | None = None, guid
                    "seconds": time.perf_counter() - t0, "clips": per_clip})
 
 
+def agreement(per_clip: list[dict], predicted: str, truth: str) -> float:
+    """Share of clips whose ``predicted`` class is their ``truth`` (a label or the swapped prompt)."""
+    return float(np.mean([c[predicted] == c[truth] for c in per_clip]))
+
+
 def finish(result: dict) -> dict:
     """Add the summary over ``result["clips"]`` (also after merging shards)."""
     per_clip = sorted(result["clips"], key=lambda c: c["id"])
@@ -188,7 +193,7 @@ def finish(result: dict) -> dict:
         summary[k] = float(np.mean([c[k] for c in per_clip]))
     for k, key in (("real_audio", "real_pred"), ("vocoder", "vocoder_pred"), ("vae_vocoder", "vae_vocoder_pred")):
         if all(key in c for c in per_clip):  # results from before a metric existed lack it
-            summary[f"classifier_test_acc_{k}"] = float(np.mean([c[key] == c["label"] for c in per_clip]))
+            summary[f"classifier_test_acc_{k}"] = agreement(per_clip, key, "label")
     return {**result, "clips": per_clip, "test_clips": len(per_clip), "summary": summary, "targets": TARGETS}
 
 
@@ -202,14 +207,14 @@ def summarize(per_clip: list[dict]) -> dict:
     s = {"energy_r_median": med("energy_r"), "energy_r_flat_median": med("energy_r_flat"),
          "phi_r_median": med("phi_r"), "av_align_mean": mean("av_align"), "av_align_flat_mean": mean("av_align_flat"),
          "av_align_true_mean": mean("av_align_true"), "control_r_median": med("control_r"),
-         "class_acc": float(np.mean([c["class_pred"] == c["label"] for c in per_clip])),
-         "swap_acc": float(np.mean([c["swap_pred"] == c["swap_prompt"] for c in per_clip])),
+         "class_acc": agreement(per_clip, "class_pred", "label"),
+         "swap_acc": agreement(per_clip, "swap_pred", "swap_prompt"),
          "sane": float(np.mean([c["sane"] for c in per_clip])),
          "flat_sane": float(np.mean([c.get("flat_sane", True) for c in per_clip]))}
     if all("class_pred_mel" in c for c in per_clip):
         s.update(energy_r_mel_median=med("energy_r_mel"),
-                 class_acc_mel=float(np.mean([c["class_pred_mel"] == c["label"] for c in per_clip])),
-                 swap_acc_mel=float(np.mean([c["swap_pred_mel"] == c["swap_prompt"] for c in per_clip])))
+                 class_acc_mel=agreement(per_clip, "class_pred_mel", "label"),
+                 swap_acc_mel=agreement(per_clip, "swap_pred_mel", "swap_prompt"))
     s["av_align_ratio"] = s["av_align_mean"] / s["av_align_true_mean"] if s["av_align_true_mean"] else float("nan")
     s["av_align_flat_ratio"] = (s["av_align_flat_mean"] / s["av_align_true_mean"]
                                 if s["av_align_true_mean"] else float("nan"))
