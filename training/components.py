@@ -216,7 +216,6 @@ def open_source(checkpoints: Path | None, preset: str, random_weights: bool, see
     raise ConfigError("no base components: pass --checkpoints DIR (canonical) or --random-weights")
 
 
-
 def run_on_source(run):
     """``trainlib.trainer_main``'s run for a trainer on base components (φ, adapter): open them as
     the command line says (``--checkpoints`` or ``--random-weights``, ``--tokenizer``) and call
@@ -227,6 +226,7 @@ def run_on_source(run):
         return run(cfg, args.out, source, args.resume, args.export_dir)
 
     return go
+
 
 def export_canonical(out: Path, source: ComponentSource,
                      trained: Mapping[str, tuple[Mapping[str, torch.Tensor], ModelConfig, dict]]) -> list[Path]:
